@@ -1,0 +1,138 @@
+"""The filter stage: apply a recipe to review batches, count the funnel, route every row.
+
+Every parsed row is evaluated step by step along the recipe's top-level conjuncts (the
+funnel). In `drop` mode a step sees only the rows that passed the steps before it, like a
+DataTrove pipeline; in `annotate` mode every step sees every row. A rejected row records
+the first step that dropped it (`dropped_by`) and every score computed for it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from reviewlm.errors import UsageError
+from reviewlm.filters.base import Expr, scatter
+from reviewlm.filters.dedup import Dedup, mark_duplicates
+from reviewlm.io.readers import CANONICAL, Columns, check_inputs, read_reviews
+from reviewlm.io.sink import RoutedParquetSink
+from reviewlm.io.storage import OutputDir, fingerprints
+from reviewlm.runtime import init_ray
+
+ROW_FIELDS = [f for f in CANONICAL if not f.name.startswith("_")]
+QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
+                               ("raw", pa.string()), ("error", pa.string())])
+
+
+def score_fields(expr: Expr) -> list[pa.Field]:
+    seen, out = set(), []
+    for leaf in expr.leaves():
+        for f in leaf.score_fields:
+            if f.name not in seen:
+                seen.add(f.name)
+                out.append(f)
+    return out
+
+
+def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
+    """Add score columns, `dropped_by` and `_route` (kept/rejected/quarantine) to a batch."""
+    n = batch.num_rows
+    parsed = pc.is_null(batch["_error"]).to_numpy(zero_copy_only=False)
+    alive = parsed.copy()
+    dropped_by = np.full(n, None, dtype=object)
+    scores: dict[str, pa.Array] = {}
+    for step in expr.conjuncts():
+        rows = np.flatnonzero(alive if mode == "drop" else parsed)
+        if len(rows) == 0:
+            continue
+        keep, step_scores = step.evaluate(batch.take(rows))
+        for name, values in step_scores.items():
+            scores[name] = scatter(pa.array(values) if not isinstance(values, pa.Array) else values, rows, n)
+        failing = rows[~keep]
+        newly = failing[alive[failing]]
+        dropped_by[newly] = step.name
+        alive[newly] = False
+    for f in score_fields(expr):
+        batch = batch.append_column(f, scores[f.name].cast(f.type) if f.name in scores else pa.nulls(n, f.type))
+    route = np.where(~parsed, "quarantine", np.where(alive | (mode == "annotate"), "kept", "rejected"))
+    batch = batch.append_column("dropped_by", pa.array(dropped_by, pa.string()))
+    if mode == "annotate":
+        batch = batch.append_column("keep", pa.array(alive))
+    batch = batch.rename_columns({"_row": "row", "_raw": "raw", "_error": "error"})
+    return batch.append_column("_route", pa.array(route))
+
+
+def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
+    scores = score_fields(expr)
+    if mode == "annotate":
+        kept = pa.schema(ROW_FIELDS + scores + [pa.field("keep", pa.bool_()), pa.field("dropped_by", pa.string())])
+        return {"kept": kept, "quarantine": QUARANTINE_SCHEMA}
+    return {"kept": pa.schema(ROW_FIELDS + scores),
+            "rejected": pa.schema(ROW_FIELDS + scores + [pa.field("dropped_by", pa.string())]),
+            "quarantine": QUARANTINE_SCHEMA}
+
+
+def funnel(expr: Expr, parsed: int, dropped: dict[str, int]) -> list[dict]:
+    """`[{name, seen, passed, dropped}]` in funnel order, from the dropped-by counts."""
+    out, seen = [], parsed
+    for step in expr.conjuncts():
+        d = dropped.get(step.name, 0)
+        out.append({"name": step.name, "seen": seen, "passed": seen - d, "dropped": d})
+        seen -= d
+    return out
+
+
+def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Columns = Columns(),
+                   fmt: str | None = None, mode: str = "drop", overwrite: bool = False,
+                   arguments: dict | None = None, address: str | None = None,
+                   num_cpus: int | None = None) -> dict:
+    """Run the filter job; return `stats.json`'s content.
+
+    Inputs and output are checked before Ray starts; then Ray is joined or started
+    (see `init_ray`) unless the caller already did.
+    """
+    if mode not in ("drop", "annotate"):
+        raise UsageError(f"--mode must be drop or annotate, not {mode!r}")
+    names = [s.name for s in recipe.conjuncts()]
+    if len(set(names)) != len(names):
+        raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
+    fs, files = check_inputs(inputs, columns, fmt)
+    out = OutputDir(output, "filter", overwrite).prepare()
+    try:
+        started = time.time()
+        init_ray(address, num_cpus)
+        ds = read_reviews(fs, files, columns)
+        if any(isinstance(leaf, Dedup) for leaf in recipe.leaves()):
+            ds = mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
+        ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
+                            batch_format="pyarrow", batch_size=2048)
+        sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_column="dropped_by")
+        ds.write_datasink(sink)
+        result = sink.result
+        stats = _stats(recipe, mode, result, time.time() - started)
+        if stats["rows_read"] == 0:
+            raise UsageError(f"input has no rows: {', '.join(f['uri'] for f in files[:3])}")
+        counts = {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")}
+        out.commit(arguments or {}, fingerprints(files), counts, {"stats.json": stats})
+        return stats
+    except BaseException:
+        out.abort()
+        raise
+
+
+def _stats(expr: Expr, mode: str, result: dict, wall: float) -> dict:
+    rows, dropped = result["rows"], dict(result["counted"])
+    dropped.pop("None", None)
+    quarantined = rows.get("quarantine", 0)
+    kept, rejected = rows.get("kept", 0), rows.get("rejected", 0)
+    parsed = kept + rejected
+    stats = {"rows_read": parsed + quarantined, "kept": kept, "rejected": rejected,
+             "quarantined": quarantined, "mode": mode,
+             "filters": funnel(expr, parsed, dropped), "wall_time_s": round(wall, 3)}
+    if mode == "annotate":
+        stats["would_keep"] = parsed - sum(dropped.values())
+    return stats

@@ -1,0 +1,1 @@
+"""Reading review dumps into the canonical dataset; writing outputs atomically."""

@@ -1,0 +1,328 @@
+"""Read any review dump into the canonical review dataset, quarantining what cannot be parsed.
+
+One streaming Ray Data datasource reads CSV, TSV, JSONL, JSON arrays and Parquet (plain or
+compressed). Every record becomes one row of the same schema: the canonical columns, plus
+`_row` (record number in its file) and `_raw`/`_error`, set only for quarantined records. Nothing is dropped here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data.datasource import FileBasedDatasource
+
+from reviewlm.errors import UsageError
+from reviewlm.io.storage import expand_inputs, storage_error
+
+CANONICAL = pa.schema([
+    ("id", pa.string()), ("text", pa.string()), ("rating", pa.int64()), ("title", pa.string()),
+    ("brand", pa.string()), ("product", pa.string()), ("source", pa.string()),
+    ("_row", pa.int64()), ("_raw", pa.string()), ("_error", pa.string()),
+])
+OPTIONAL = ("rating", "title", "brand", "product")
+BATCH_ROWS = 4096
+MAX_RECORD_LINES = 10_000
+MAX_RECORD_BYTES = 64 << 20
+RAW_LIMIT = 10_000  # characters of a broken record kept in quarantine
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold the canonical fields (`--text-column` and friends)."""
+
+    text: str = "text"
+    id: str = "id"
+    rating: str = "rating"
+    title: str = "title"
+    brand: str = "brand"
+    product: str = "product"
+
+
+class ParseError(ValueError):
+    """A record that cannot become a canonical row."""
+
+
+def parse_rating(value) -> int | None:
+    """An int 1..5 from 4, "4", 4.0 or "4.0"; None for empty; ParseError otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParseError(f"rating {value!r} is not a number") from None
+    if number != int(number) or not 1 <= number <= 5:
+        raise ParseError(f"rating {value!r} is not an integer from 1 to 5")
+    return int(number)
+
+
+class _Batcher:
+    """Collects canonical rows column-wise and hands out Arrow tables."""
+
+    def __init__(self, source: str, columns: Columns):
+        self.source, self.columns = source, columns
+        self.cols = {name: [] for name in CANONICAL.names}
+
+    def __len__(self):
+        return len(self.cols["id"])
+
+    def add(self, row_number: int, record: dict, raw: str | None = None) -> None:
+        """Add one parsed record (input column name -> value), or quarantine it with `raw`."""
+        c = self.columns
+        try:
+            text = record.get(c.text)
+            if text is not None and not isinstance(text, str):
+                raise ParseError(f"text is a {type(text).__name__}, not a string")
+            values = {"text": text, "rating": parse_rating(record.get(c.rating))}
+            for name in ("title", "brand", "product"):
+                v = record.get(getattr(c, name))
+                values[name] = None if v is None else str(v)
+            rid = record.get(c.id)
+        except ParseError as exc:
+            self.quarantine(row_number, raw if raw is not None else json.dumps(record, default=str), str(exc))
+            return
+        values["_row"] = row_number
+        self._append(str(rid) if rid not in (None, "") else f"{self.source}:{row_number}", values)
+
+    def quarantine(self, row_number: int, raw: str, error: str) -> None:
+        self._append(f"{self.source}:{row_number}",
+                     {"_row": row_number, "_raw": raw[:RAW_LIMIT], "_error": error})
+
+    def _append(self, rid: str, values: dict) -> None:
+        values.update(id=rid, source=self.source)
+        for name, col in self.cols.items():
+            col.append(values.get(name))
+
+    def flush(self) -> pa.Table:
+        table = pa.table(self.cols, schema=CANONICAL)
+        self.cols = {name: [] for name in CANONICAL.names}
+        return table
+
+
+def _lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Physical lines of a byte stream, without the trailing newline."""
+    rest = b""
+    while True:
+        data = f.read(chunk)
+        if not data:
+            break
+        parts = (rest + data).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"invalid UTF-8 at byte {exc.start}") from None
+
+
+def _raw_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _records(f) -> Iterator[tuple[int, bytes]]:
+    """CSV records as (first line number, bytes): lines are joined while a quote is open.
+
+    A quote that never closes (within MAX_RECORD_LINES lines or MAX_RECORD_BYTES, or before
+    the end of the file) makes its first line a broken record; reading resumes on the next.
+    """
+    lines = enumerate((line.rstrip(b"\r") for line in _lines(f)), start=1)
+    replay: list[tuple[int, bytes]] = []
+    pending: list[tuple[int, bytes]] = []
+    quotes = size = 0
+    while True:
+        item = replay.pop(0) if replay else next(lines, None)
+        if item is None and not pending:
+            return
+        if item is not None:
+            pending.append(item)
+            quotes += item[1].count(b'"')
+            size += len(item[1])
+            if quotes % 2 == 0:
+                yield pending[0][0], b"\n".join(line for _, line in pending)
+                pending, quotes, size = [], 0, 0
+                continue
+            if len(pending) <= MAX_RECORD_LINES and size <= MAX_RECORD_BYTES:
+                continue
+        yield pending[0]
+        replay, pending, quotes, size = pending[1:] + replay, [], 0, 0
+
+
+def _split(text: str, delimiter: str) -> list[str]:
+    if '"' not in text:
+        return text.split(delimiter)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+    if len(rows) != 1:
+        raise ParseError("record spans several rows")
+    return rows[0]
+
+
+def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
+    header, missing_text = None, False
+    for number, raw in _records(f):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if not raw.strip():
+            continue
+        try:
+            text = _decode(raw)
+            values = _split(text, delimiter)
+            if header is None:
+                header = [h.strip() for h in values]
+                missing_text = batcher.columns.text not in header
+                continue
+            if len(values) != len(header):
+                raise ParseError(f"expected {len(header)} fields, got {len(values)}")
+            if missing_text:
+                raise ParseError(f"file has no column {batcher.columns.text!r}")
+            batcher.add(number, {k: (v if v != "" else None) for k, v in zip(header, values)}, text)
+        except (ParseError, csv.Error) as exc:
+            batcher.quarantine(number, _raw_text(raw), str(exc))
+        if len(batcher) >= BATCH_ROWS:
+            yield batcher.flush()
+
+
+def read_jsonl(f, batcher: _Batcher) -> Iterator[pa.Table]:
+    for number, raw in enumerate(_lines(f), start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if not raw.strip():
+            continue
+        try:
+            text = _decode(raw)
+            record = json.loads(text)
+            if not isinstance(record, dict):
+                raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
+            batcher.add(number, record, text)
+        except (ParseError, json.JSONDecodeError) as exc:
+            batcher.quarantine(number, _raw_text(raw), f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc))
+        if len(batcher) >= BATCH_ROWS:
+            yield batcher.flush()
+
+
+def read_json_array(f, batcher: _Batcher) -> Iterator[pa.Table]:
+    raw = f.read().removeprefix(b"\xef\xbb\xbf")
+    try:
+        records = json.loads(_decode(raw))
+        if not isinstance(records, list):
+            raise ParseError("a .json input must hold an array of objects (use .jsonl for lines)")
+    except (ParseError, json.JSONDecodeError) as exc:
+        batcher.quarantine(1, _raw_text(raw), f"invalid JSON file: {exc}")
+        yield batcher.flush()
+        return
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, dict):
+            batcher.add(number, record)
+        else:
+            batcher.quarantine(number, json.dumps(record), f"element is a JSON {type(record).__name__}, not an object")
+        if len(batcher) >= BATCH_ROWS:
+            yield batcher.flush()
+
+
+def read_parquet_file(f, batcher: _Batcher) -> Iterator[pa.Table]:
+    try:
+        pf = pq.ParquetFile(f)
+        if batcher.columns.text not in pf.schema_arrow.names:
+            raise ParseError(f"file has no column {batcher.columns.text!r}")
+        number = 0
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            for record in batch.to_pylist():
+                number += 1
+                batcher.add(number, record)
+            yield batcher.flush()
+    except (ParseError, pa.ArrowInvalid, OSError) as exc:
+        batcher.quarantine(0, "", f"unreadable Parquet file: {exc}")
+        yield batcher.flush()
+
+
+class ReviewDatasource(FileBasedDatasource):
+    """Streams review files of any supported format into canonical rows."""
+
+    def __init__(self, files: list[dict], filesystem, columns: Columns):
+        super().__init__([f["path"] for f in files], filesystem=filesystem)
+        self._formats = {f["path"]: f["format"] for f in files}
+        self._uris = {f["path"]: f["uri"] for f in files}
+        self._columns = columns
+
+    def _open_input_source(self, filesystem, path, **open_args):
+        if self._formats.get(path) == "parquet":
+            return filesystem.open_input_file(path)
+        return super()._open_input_source(filesystem, path, **open_args)
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        fmt = self._formats[path]
+        batcher = _Batcher(self._uris[path], self._columns)
+        if fmt in ("csv", "tsv"):
+            yield from read_delimited(f, batcher, "," if fmt == "csv" else "\t")
+        elif fmt == "jsonl":
+            yield from read_jsonl(f, batcher)
+        elif fmt == "json":
+            yield from read_json_array(f, batcher)
+        else:
+            yield from read_parquet_file(f, batcher)
+            return
+        if len(batcher):
+            yield batcher.flush()
+
+
+def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
+    """Column names of a file from its header, schema or first record (None if unknown)."""
+    if fmt == "parquet":
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).schema_arrow.names
+    with fs.open_input_stream(path, compression="detect") as f:
+        if fmt in ("csv", "tsv"):
+            for _, raw in _records(f):
+                if raw.strip():
+                    try:
+                        header = _split(_decode(raw.removeprefix(b"\xef\xbb\xbf")), "," if fmt == "csv" else "\t")
+                    except (ParseError, csv.Error):
+                        return None
+                    return [h.strip() for h in header]
+        elif fmt == "jsonl":
+            for raw in _lines(f):
+                try:
+                    record = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(record, dict):
+                    return list(record)
+    return None
+
+
+def check_text_column(fs, files: list[dict], columns: Columns) -> None:
+    """UsageError when the first non-empty file of a format has no text column."""
+    checked = set()
+    for f in files:
+        if f["format"] in checked or f["size"] == 0 or f["format"] == "json":
+            continue
+        checked.add(f["format"])
+        names = _first_columns(fs, f["path"], f["format"])
+        if names is not None and columns.text not in names:
+            raise UsageError(f"no text column {columns.text!r} in {f['uri']} (columns: "
+                             f"{', '.join(names[:12])}): pass --text-column")
+
+
+def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | None = None):
+    """Expand and check the inputs without Ray: (Arrow filesystem, files) or UsageError."""
+    fs, files = expand_inputs(inputs, fmt)
+    try:
+        check_text_column(fs, files, columns)
+    except OSError as exc:
+        raise UsageError(f"cannot read {files[0]['uri']}: {storage_error(exc)}") from None
+    return fs, files
+
+
+def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.data.Dataset:
+    """The canonical review dataset: one row per record, quarantined ones included."""
+    return ray.data.read_datasource(ReviewDatasource(files, fs, columns))

@@ -1,0 +1,200 @@
+"""Paths and s3:// URIs through fsspec; input expansion; atomic job outputs."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow.fs as pafs
+
+from reviewlm import __version__
+from reviewlm.errors import UsageError
+
+FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+_EXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+_COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the path inside it for a local path or URI."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if "file" not in fs.protocol:
+        fs.invalidate_cache()  # listings must reflect writes by other processes
+    return fs, path
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """An Arrow view of an fsspec filesystem (used by Ray readers and Parquet writers)."""
+    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """`path` with its scheme again (s3://bucket/key), or unchanged for local files."""
+    return path if "file" in fs.protocol else fs.unstrip_protocol(path)
+
+
+def infer_format(path: str) -> str | None:
+    """csv/tsv/jsonl/json/parquet from the extension, looking through .gz and friends."""
+    name = path.lower()
+    for comp in _COMPRESSIONS:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+    return _EXT_FORMATS.get(posixpath.splitext(name)[1])
+
+
+def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileSystem, list[dict]]:
+    """Expand files, directories, globs and s3:// URIs into a list of readable files.
+
+    Returns the Arrow filesystem and `[{path, uri, format, size}]`. Raises UsageError for a
+    missing path or bucket, an unknown format, inputs on two filesystems, or no files at all.
+    """
+    files, the_fs = [], None
+    for item in inputs:
+        fs, path = filesystem(item)
+        if the_fs is not None and type(fs) is not type(the_fs):
+            raise UsageError(f"inputs must all be local or all on one object store: {item}")
+        the_fs = fs
+        try:
+            if any(ch in path for ch in "*?["):
+                found = [p for p in fs.glob(path) if fs.isfile(p)]
+            elif fs.isdir(path):
+                found = [p for p in fs.find(path) if not posixpath.basename(p).startswith(("_", "."))]
+                found = [p for p in found if fmt or infer_format(p)]
+            elif fs.isfile(path):
+                found = [path]
+            else:
+                raise UsageError(f"input not found: {item}")
+        except (PermissionError, OSError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(f"cannot read input {item}: {storage_error(exc)}") from None
+        if not found:
+            raise UsageError(f"no review files under {item} (csv, tsv, jsonl, json, parquet)")
+        for p in sorted(found):
+            f = fmt or infer_format(p)
+            if f is None:
+                raise UsageError(f"cannot tell the format of {full_uri(fs, p)}: pass --format")
+            files.append({"path": p, "uri": full_uri(fs, p), "format": f,
+                          "size": int(fs.size(p) or 0)})
+    if not files:
+        raise UsageError("no input files given")
+    if all(f["size"] == 0 for f in files):
+        raise UsageError(f"input is empty: {', '.join(f['uri'] for f in files[:3])}")
+    return arrow_filesystem(the_fs), files
+
+
+def storage_error(exc: BaseException) -> str:
+    """A short, credential-free description of a storage error."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def fingerprints(files: list[dict], fs: fsspec.AbstractFileSystem | None = None) -> list[dict]:
+    """Input fingerprints for the manifest: uri, size and, where known, etag or mtime."""
+    out = []
+    for f in files:
+        entry = {"uri": f["uri"], "size": f["size"]}
+        if fs is not None:
+            info = fs.info(f["path"])
+            for k in ("ETag", "mtime", "LastModified"):
+                if k in info:
+                    entry[k.lower()] = str(info[k]).strip('"')
+        out.append(entry)
+    return out
+
+
+def redact(arguments: dict) -> dict:
+    """Arguments for a manifest, with anything that looks like a secret masked."""
+    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else v)
+            for k, v in arguments.items()}
+
+
+@dataclass
+class OutputDir:
+    """One job's output directory, written never partially.
+
+    Data goes under `<out>/_temporary/<run>/`; `commit()` moves it into place, writes the
+    JSON files and finally the `_SUCCESS` manifest. Readers trust an output only when
+    `_SUCCESS` exists.
+    """
+
+    uri: str
+    job: str
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.fs, self.path = filesystem(self.uri)
+        self.path = self.path.rstrip("/")
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        self.started = time.time()
+
+    @property
+    def tmp(self) -> str:
+        return f"{self.path}/_temporary/{self.run_id}"
+
+    def tmp_uri(self, sub: str = "") -> str:
+        return full_uri(self.fs, posixpath.join(self.tmp, sub) if sub else self.tmp)
+
+    def prepare(self) -> "OutputDir":
+        """Refuse an existing output unless overwrite; then make the temporary location."""
+        try:
+            exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
+            if exists and not self.overwrite:
+                raise UsageError(f"output {self.uri} already exists: pass --overwrite to replace it")
+            if exists:
+                self.fs.rm(self.path, recursive=True)
+            self.fs.makedirs(self.tmp, exist_ok=True)
+        except (PermissionError, OSError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(f"cannot write output {self.uri}: {storage_error(exc)}") from None
+        return self
+
+    def commit(self, arguments: dict, inputs: list[dict], counts: dict, extra_json: dict | None = None) -> dict:
+        """Move the data into place, write `extra_json` files, then `_SUCCESS` last."""
+        if "file" in self.fs.protocol:  # one rename per folder
+            for sub in self.fs.ls(self.tmp, detail=False):
+                self.fs.mv(sub, f"{self.path}/{posixpath.basename(sub.rstrip('/'))}", recursive=True)
+        else:  # object stores have no folders: copy the objects in one batch
+            sources = self.fs.find(self.tmp)
+            if sources:
+                self.fs.copy(sources, [self.path + src[len(self.tmp):] for src in sources])
+        for name, payload in (extra_json or {}).items():
+            self.write_json(name, payload)
+        self.fs.rm(f"{self.path}/_temporary", recursive=True)
+        manifest = {"job": self.job, "version": __version__, "run_id": self.run_id,
+                    "arguments": redact(arguments), "inputs": inputs, "counts": counts,
+                    "started": self.started, "wall_time_s": round(time.time() - self.started, 3)}
+        self.write_json("_SUCCESS", manifest)
+        return manifest
+
+    def abort(self) -> None:
+        """Remove the temporary location after a failure, and the output if left empty."""
+        for path in (self.tmp, f"{self.path}/_temporary", self.path):
+            try:
+                if path == self.tmp or not self.fs.ls(path):
+                    self.fs.rm(path, recursive=True)
+            except OSError:
+                return
+
+    def write_json(self, name: str, payload: dict) -> None:
+        with self.fs.open(f"{self.path}/{name}", "w") as fh:
+            json.dump(payload, fh, indent=2, default=str)
+
+
+def read_success(uri: str) -> dict:
+    """The `_SUCCESS` manifest of a finished job output, or UsageError if it is incomplete."""
+    fs, path = filesystem(uri)
+    marker = f"{path.rstrip('/')}/_SUCCESS"
+    if not fs.exists(marker):
+        raise UsageError(f"{uri} is not a finished reviewlm output (no _SUCCESS)")
+    with fs.open(marker) as fh:
+        return json.load(fh)

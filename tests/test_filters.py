@@ -1,0 +1,164 @@
+"""Every filter, the algebra, recipes and the per-batch routing (no Ray needed)."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from reviewlm.errors import UsageError
+from reviewlm.filters import keywords
+from reviewlm.filters.base import All, Any, Not
+from reviewlm.filters.dedup import FIRST, ORDER, Dedup, add_keys
+from reviewlm.filters.recipe import load_recipe, parse_recipe
+from reviewlm.filters.sentiment import Sentiment
+from reviewlm.filters.stage import funnel, route_batch
+from reviewlm.filters.text import Length, NonNull
+from reviewlm.io.readers import CANONICAL
+
+
+def batch(texts, errors=None):
+    n = len(texts)
+    cols = {f.name: pa.nulls(n, f.type) for f in CANONICAL}
+    cols.update(text=pa.array(texts, pa.string()), id=pa.array([f"f:{i}" for i in range(n)]),
+                source=pa.array(["f"] * n), _row=pa.array(range(1, n + 1), pa.int64()))
+    if errors:
+        cols["_error"] = pa.array(errors, pa.string())
+    return pa.table(cols, schema=CANONICAL)
+
+
+def keep(f, texts):
+    mask, scores = f.evaluate(batch(texts))
+    return mask.tolist(), scores
+
+
+def test_non_null_drops_null_empty_and_blank():
+    assert keep(NonNull(), ["a", None, "", "  \t", "b"])[0] == [True, False, False, False, True]
+
+
+def test_length_counts_words_and_applies_bounds():
+    mask, scores = keep(Length(min_words=2, max_words=3), ["one", "one two", "a b c d", None])
+    assert mask == [False, True, False, False]
+    assert scores["n_words"].to_pylist() == [1, 2, 4, None]
+    with pytest.raises(ValueError):
+        Length()
+
+
+def test_keywords_match_whole_words_and_phrases_case_insensitively():
+    f = keywords.Keywords(["fit", "under armour", "t-shirts"], name="kw")
+    mask, scores = keep(f, ["What an outfit", "It is a good FIT.", "Under   Armour rocks",
+                            "underarmour", "my T-Shirts", "t-shirtsy", None])
+    assert mask == [False, True, True, False, True, False, False]
+    assert scores["kw_match"].to_pylist() == [None, "fit", "under armour", None, "t-shirts", None, None]
+
+
+def test_brand_product_wanted_unwanted_defaults():
+    assert keep(keywords.brand(), ["Nike shoes", "Adidas", "Nikes"])[0] == [True, True, False]
+    assert keep(keywords.product(), ["nice hoodies", "hood"])[0] == [True, False]
+    assert keep(keywords.wanted(), ["very comfortable"])[0] == [True]
+    assert keep(keywords.unwanted(), ["too expensive", "pricey"])[0] == [True, False]
+
+
+def test_sentiment_uses_vader_offline_and_keeps_scores():
+    mask, scores = keep(Sentiment(min_compound=0.05), ["I love these great shoes", "Ugly and awful", None])
+    assert mask == [True, False, False]
+    compound = scores["vader_compound"].to_pylist()
+    assert compound[0] > 0.5 and compound[1] < -0.5 and compound[2] is None
+    assert set(scores) == {"vader_compound", "vader_pos", "vader_neu", "vader_neg"}
+    assert keep(Sentiment(min_compound=None, max_compound=-0.05), ["Ugly and awful"])[0] == [True]
+
+
+def test_dedup_keeps_the_first_occurrence_by_source_and_row():
+    b = add_keys(batch(["Nike  Shoes", "nike shoes", "other"]))
+    first = b[ORDER][0].as_py()
+    b = b.append_column(FIRST, pa.array([first, first, None]))
+    mask, scores = Dedup().evaluate(b)
+    assert mask.tolist() == [True, False, True]
+    assert scores["duplicate_of"].to_pylist() == [None, "f:1", None]
+    hashes = b["_text_hash"].to_pylist()
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_algebra_and_or_not():
+    brand, product = keywords.brand(), keywords.product()
+    texts = ["nike shoes", "nike", "shoes", "nothing"]
+    assert keep(brand & product, texts)[0] == [True, False, False, False]
+    assert keep(brand | product, texts)[0] == [True, True, True, False]
+    assert keep(~brand, texts)[0] == [False, False, True, True]
+    expr = brand & product & NonNull()
+    assert isinstance(expr, All) and [c.name for c in expr.conjuncts()] == ["brand", "product", "non_null"]
+    assert isinstance(brand | product, Any) and isinstance(~brand, Not)
+    assert (brand | product).name == "any(brand,product)"
+
+
+def test_route_batch_drop_mode_records_first_failing_step_and_scores():
+    expr = NonNull() & keywords.brand() & Sentiment(min_compound=0.05)
+    b = batch(["Nike shoes are great", "Nike shoes are awful", "plain shoes", None, "x"],
+              errors=[None, None, None, None, "broken"])
+    out = route_batch(b, expr, "drop")
+    assert out["_route"].to_pylist() == ["kept", "rejected", "rejected", "rejected", "quarantine"]
+    assert out["dropped_by"].to_pylist() == [None, "sentiment", "brand", "non_null", None]
+    compound = out["vader_compound"].to_pylist()
+    assert compound[0] > 0 and compound[1] < 0 and compound[2] is None  # not computed after a drop
+    assert out["error"].to_pylist()[4] == "broken"
+
+
+def test_route_batch_annotate_mode_scores_every_row():
+    expr = keywords.brand() & Sentiment(min_compound=0.05)
+    out = route_batch(batch(["Nike is great", "plain awful"]), expr, "annotate")
+    assert out["_route"].to_pylist() == ["kept", "kept"]
+    assert out["keep"].to_pylist() == [True, False]
+    assert out["dropped_by"].to_pylist() == [None, "brand"]
+    assert out["vader_compound"].to_pylist()[1] < 0
+
+
+def test_funnel_from_dropped_counts():
+    expr = NonNull() & keywords.brand() & keywords.product()
+    assert funnel(expr, 10, {"non_null": 2, "product": 3}) == [
+        {"name": "non_null", "seen": 10, "passed": 8, "dropped": 2},
+        {"name": "brand", "seen": 8, "passed": 8, "dropped": 0},
+        {"name": "product", "seen": 8, "passed": 5, "dropped": 3}]
+
+
+def test_recipe_builds_the_expression_tree():
+    expr = parse_recipe("""
+all:
+  - non_null
+  - length: {min_words: 2}
+  - name: brand_or_product
+    any: [brand, {keywords: {name: shop, words: [amazon]}}]
+  - not: unwanted
+  - sentiment: {min_compound: 0.1}
+""")
+    assert [c.name for c in expr.conjuncts()] == ["non_null", "length", "brand_or_product",
+                                                  "not(unwanted)", "sentiment"]
+    mask, _ = expr.evaluate(batch(["nike shoes are lovely", "amazon was lovely but expensive", "nike"]))
+    assert mask.tolist() == [True, False, False]
+
+
+def test_default_recipe_is_the_reference_selection():
+    expr = load_recipe()
+    assert [c.name for c in expr.conjuncts()] == ["non_null", "brand", "product", "sentiment", "positive_adjective"]
+    mask, _ = expr.evaluate(batch(["Nike shoes are very comfortable.", "Adidas shoes are comfortable.",
+                                   "Nike shoes are ugly.", "Nike shoes are black."]))
+    assert mask.tolist() == [True, False, False, False]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("all:\n  - non_null\n  - sentimnt\n", "recipe:3: unknown filter 'sentimnt'"),
+    ("all:\n  - length: {min_wrds: 3}\n", "recipe:2: filter 'length' has no parameter 'min_wrds'"),
+    ("all: []\n", "recipe:1: 'all' takes a non-empty list"),
+    ("all:\n  - non_null\n - brand\n", "recipe:3: invalid YAML"),
+    ("", "recipe: recipe is empty"),
+    ("all:\n  - length: {}\n", "recipe:2: filter 'length': length needs"),
+    ("all:\n  - [a, b]\n", "recipe:2: expected a filter name"),
+    ("brand: 3\n", "recipe:1: parameters of 'brand' must be a mapping"),
+])
+def test_recipe_errors_name_the_line(text, message):
+    with pytest.raises(UsageError) as err:
+        parse_recipe(text)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_scatter_keeps_types_for_rows_not_evaluated():
+    out = route_batch(batch([None, None]), NonNull() & Sentiment(), "drop")
+    assert out.schema.field("vader_compound").type == pa.float64()
+    assert np.all(out["vader_compound"].is_null().to_numpy(zero_copy_only=False))

@@ -1,0 +1,104 @@
+"""Parsing every input format into canonical rows; broken records are quarantined."""
+
+import gzip
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reviewlm.io.readers import Columns, ParseError, _Batcher, parse_rating, read_delimited, \
+    read_json_array, read_jsonl, read_parquet_file
+from reviewlm.io.storage import infer_format
+
+
+def rows(reader, data: bytes, *args, columns=Columns()):
+    batcher = _Batcher("src", columns)
+    tables = list(reader(io.BytesIO(data), batcher, *args))
+    if len(batcher):
+        tables.append(batcher.flush())
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def test_csv_good_rows_with_bom_crlf_quotes_and_multiline():
+    data = b'\xef\xbb\xbfid,text,rating\r\n1,"hello, world",5\r\n2,"two\nlines ""quoted""",4\r\n,no id,\r\n'
+    out = rows(read_delimited, data, ",")
+    assert [r["text"] for r in out] == ["hello, world", 'two\nlines "quoted"', "no id"]
+    assert [r["id"] for r in out] == ["1", "2", "src:5"]
+    assert [r["rating"] for r in out] == [5, 4, None]
+    assert all(r["_error"] is None for r in out)
+
+
+@pytest.mark.parametrize("line, error", [
+    (b'3,"broken"quote,5', "expected after"),
+    (b"3,too,many,fields", "expected 3 fields, got 4"),
+    (b"3,too few", "expected 3 fields, got 2"),
+    (b"3,caf\xe9 latte,5", "invalid UTF-8"),
+    (b"3,bad rating,five", "not a number"),
+    (b"3,bad rating,7", "integer from 1 to 5"),
+    (b"3,bad rating,4.5", "integer from 1 to 5"),
+])
+def test_csv_broken_rows_are_quarantined_with_raw_and_reason(line, error):
+    data = b"id,text,rating\n1,good,5\n" + line + b"\n4,also good,4\n"
+    out = rows(read_delimited, data, ",")
+    assert [r["text"] for r in out if r["_error"] is None] == ["good", "also good"]
+    bad = [r for r in out if r["_error"] is not None]
+    assert len(bad) == 1 and error in bad[0]["_error"]
+    assert bad[0]["_raw"].startswith("3,") and bad[0]["_row"] == 3 and bad[0]["id"] == "src:3"
+
+
+def test_csv_unterminated_quote_loses_only_its_own_line():
+    data = b'id,text\n1,"never closed\n2,fine\n3,"also ""fine"""\n'
+    out = rows(read_delimited, data, ",")
+    assert [r["_error"] is not None for r in out] == [True, False, False]
+    assert [r["text"] for r in out[1:]] == ["fine", 'also "fine"']
+
+
+def test_tsv_and_column_mapping():
+    data = b"review_id\tbody\tstars\nr1\tGreat shoes\t5\n"
+    out = rows(read_delimited, data, "\t", columns=Columns(text="body", id="review_id", rating="stars"))
+    assert out[0]["id"] == "r1" and out[0]["text"] == "Great shoes" and out[0]["rating"] == 5
+
+
+def test_csv_file_without_the_text_column_quarantines_its_rows():
+    out = rows(read_delimited, b"a,b\n1,2\n", ",")
+    assert out[0]["_error"] == "file has no column 'text'"
+
+
+def test_jsonl_quarantines_invalid_lines():
+    data = b'{"text": "ok", "rating": 4}\n{not json\n[1, 2]\n{"text": 12}\n\n{"text": "fine"}\n'
+    out = rows(read_jsonl, data)
+    assert [(r["_row"], r["_error"] is None) for r in out] == [(1, True), (2, False), (3, False), (4, False), (6, True)]
+    assert "invalid JSON" in out[1]["_error"] and "not an object" in out[2]["_error"]
+    assert "not a string" in out[3]["_error"]
+
+
+def test_json_array_and_broken_json_file():
+    out = rows(read_json_array, json.dumps([{"text": "a"}, "x", {"text": "b"}]).encode())
+    assert [r["_error"] is None for r in out] == [True, False, True]
+    out = rows(read_json_array, b'[{"text": "a"},')
+    assert len(out) == 1 and "invalid JSON file" in out[0]["_error"]
+
+
+def test_parquet_rows_and_corrupt_file():
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a", "b"], "rating": [1, 9]}), buf)
+    out = rows(read_parquet_file, buf.getvalue())
+    assert out[0]["rating"] == 1 and "integer from 1 to 5" in out[1]["_error"]
+    out = rows(read_parquet_file, b"PAR1 this is not parquet")
+    assert len(out) == 1 and "unreadable Parquet" in out[0]["_error"]
+
+
+def test_rating_parsing():
+    assert [parse_rating(v) for v in (1, "5", 4.0, "3.0", None, "  ")] == [1, 5, 4, 3, None, None]
+    for bad in ("0", 6, "x", 2.5, True and "true"):
+        with pytest.raises(ParseError):
+            parse_rating(bad)
+
+
+def test_format_inference_looks_through_compression():
+    assert infer_format("s3://b/x/part-1.jsonl.gz") == "jsonl"
+    assert infer_format("a.CSV") == "csv" and infer_format("a.tsv.bz2") == "tsv"
+    assert infer_format("a.parquet") == "parquet" and infer_format("a.txt") is None
+    assert gzip.decompress(gzip.compress(b"x")) == b"x"
