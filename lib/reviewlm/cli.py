@@ -29,6 +29,18 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int, help="--demo: reviews to synthesize (default 20000)")
+    p.add_argument("--recipe", help="filter recipe (default: the reference selection)")
+    p.add_argument("--text-column", default="text")
+    for flag, kind in (("--model", str), ("--epochs", int), ("--max-steps", int), ("--batch-size", int),
+                       ("--lr", float), ("--chunk-size", int), ("--num-workers", int)):
+        p.add_argument(flag, type=kind, help="as for train (the same for v1 and v2)")
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    _ray_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reviewlm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -45,6 +57,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop: split kept/rejected; annotate: keep every row with its scores")
     _ray_options(p)
 
+    p = sub.add_parser("train", help="fine-tune DistilBERT on Ray Train (masked LM or 1-5 stars)")
+    p.add_argument("--data", nargs="+", required=True, metavar="URI",
+                   help="training reviews: a filter job's kept/ or any review dump")
+    _output_options(p)
+    p.add_argument("--task", choices=["mlm", "stars"], default="mlm")
+    p.add_argument("--model", help="hub id (default distilbert-base-uncased), local or s3:// directory, "
+                                   "starter or tiny (offline)")
+    for field in ("text", "id", "rating"):
+        p.add_argument(f"--{field}-column", default=field)
+    p.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="per worker")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--chunk-size", type=int, default=128, help="MLM: tokens per training block")
+    p.add_argument("--max-length", type=int, default=128, help="stars: tokens per review")
+    p.add_argument("--mlm-probability", type=float, default=0.15, help="token masking (when --whole-word-mask 0)")
+    p.add_argument("--whole-word-mask", type=float, default=0.2, help="whole-word masking probability; 0: off")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="MLM held-out fraction")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="AMP on GPU")
+    p.add_argument("--storage", help="where checkpoints go (default: OUT/checkpoints), local or s3://")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--seed", type=int, default=42)
+    _ray_options(p)
+
+    p = sub.add_parser("score", help="score [MASK] predictions of several models side by side (Ray Data)")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=REF",
+                   help="a model to score, repeatable: hub id, local or s3:// directory, starter, tiny")
+    _output_options(p)
+    p.add_argument("--prompts", help="file with one prompt per line, each with one or more [MASK]")
+    p.add_argument("--templates", help="prompt templates over {brand} and {product} (text or YAML)")
+    p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out reviews to mask and score")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--rating-column", default="rating")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--words", help="YAML with wanted: and unwanted: word lists")
+    p.add_argument("--task", choices=["mlm", "stars"], default="mlm")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256, help="rows per actor call")
+    p.add_argument("--num-actors", type=int, help="actors per model (default: one per CPU, or GPU)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per actor, fp16")
+    p.add_argument("--train-metrics", help="a train job's metrics.json, for the loss curve")
+    p.add_argument("--filter-stats", help="a filter job's stats.json, for the funnel")
+    _ray_options(p)
+
     p = sub.add_parser("synth", help="write a deterministic corpus of template reviews")
     _output_options(p)
     p.add_argument("--rows", type=int, default=25_000)
@@ -54,10 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-words", type=int, default=0, help="pad reviews with filler to at least this")
     p.add_argument("--max-words", type=int, default=0)
 
+    p = sub.add_parser("pipeline", help="filter -> fine-tune v1 (all) and v2 (kept) -> score -> report")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="review dump (not with --demo)")
+    _output_options(p)
+    p.add_argument("--demo", action="store_true",
+                   help="offline demo settings: synthesized corpus, starter model, small budget")
+    _pipeline_options(p)
+
     p = sub.add_parser("demo", help="the pipeline end to end, offline, on a synthesized corpus")
     p.add_argument("--output", default="out/demo", help="output directory (replaced)")
-    p.add_argument("--rows", type=int, default=25_000)
-    _ray_options(p)
+    _pipeline_options(p)
     return parser
 
 
@@ -84,6 +149,65 @@ def format_funnel(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def run_train(args) -> dict:
+    from reviewlm.io.readers import Columns
+    from reviewlm.train.job import TrainArgs, train_model
+
+    targs = TrainArgs(task=args.task, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
+                      batch_size=args.batch_size, lr=args.lr, chunk_size=args.chunk_size,
+                      max_length=args.max_length, mlm_probability=args.mlm_probability,
+                      whole_word_mask=args.whole_word_mask, eval_fraction=args.eval_fraction,
+                      num_workers=args.num_workers, use_gpu=args.use_gpu, precision=args.precision,
+                      seed=args.seed)
+    columns = Columns(text=args.text_column, id=args.id_column, rating=args.rating_column)
+    metrics = train_model(args.data, args.output, targs, columns=columns, fmt=args.format, storage=args.storage,
+                          overwrite=args.overwrite, resume=args.resume, address=args.address,
+                          num_cpus=args.num_cpus, arguments=vars(args))
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    print(f"{args.task} on {metrics['model']}: perplexity {metrics['perplexity_before']:.2f} before, "
+          f"{last.get('perplexity', float('nan')):.2f} after {last.get('epoch', 0)} epoch(s)")
+    if "test" in metrics:
+        t = metrics["test"]
+        print(f"test: accuracy {t['accuracy']:.3f}, binary {t['binary_accuracy']:.3f}, "
+              f"within one {t['within_one_accuracy']:.3f} (majority baseline {t['majority_baseline']:.3f})")
+    print(f"wrote {args.output}")
+    return metrics
+
+
+def run_score(args) -> dict:
+    from reviewlm.io.readers import Columns
+    from reviewlm.score.job import parse_models, score_models
+    from reviewlm.score.prompts import gather_prompts, load_word_sets
+
+    summary = score_models(
+        parse_models(args.model), args.output, prompts=gather_prompts(args.prompts, args.templates, bool(args.corpus)),
+        corpus=args.corpus, columns=Columns(text=args.text_column, rating=args.rating_column, id=args.id_column),
+        word_sets=load_word_sets(args.words), task=args.task, top_k=args.top_k, batch_size=args.batch_size,
+        num_actors=args.num_actors, use_gpu=args.use_gpu, train_metrics=args.train_metrics,
+        filter_stats=args.filter_stats, overwrite=args.overwrite, address=args.address, num_cpus=args.num_cpus,
+        arguments=vars(args))
+    print(format_scores(summary))
+    print(f"report: {args.output.rstrip('/')}/report.html")
+    return summary
+
+
+def format_scores(summary: dict) -> str:
+    lines = []
+    for name, m in summary["models"].items():
+        parts = [f"{name:<10}"]
+        if "wanted_share" in m:
+            parts.append(f"wanted {m['wanted_share']:.2f} (mass {m['wanted_mass']:.3f})  "
+                         f"unwanted {m['unwanted_share']:.2f} (mass {m['unwanted_mass']:.3f})")
+        if "corpus" in m:
+            parts.append(f"acc@1 {m['corpus']['accuracy_at_1']:.3f}  pppl {m['corpus']['pseudo_perplexity']:.1f}")
+        if "stars" in m and "accuracy" in m["stars"]:
+            parts.append(f"stars accuracy {m['stars']['accuracy']:.3f}")
+        lines.append("  ".join(parts))
+    if summary.get("invalid_prompts"):
+        lines.append(f"{len(summary['invalid_prompts'])} prompt(s) could not be scored: see summary.json")
+    return "\n".join(lines)
+
+
 def run_synth(args) -> dict:
     from reviewlm.synth import write_synth
 
@@ -93,23 +217,37 @@ def run_synth(args) -> dict:
     return manifest
 
 
-def run_demo(args) -> dict:
-    from reviewlm.filters.recipe import load_recipe
-    from reviewlm.filters.stage import filter_reviews
-    from reviewlm.synth import write_synth
+def run_pipeline(args) -> dict:
+    from dataclasses import fields, replace
 
-    base = args.output.rstrip("/")
-    print(f"[1/2] synthesizing {args.rows} template reviews -> {base}/corpus")
-    write_synth(f"{base}/corpus", args.rows, seed=0, overwrite=True)
-    print(f"[2/2] filtering with the default recipe -> {base}/filter")
-    stats = filter_reviews([f"{base}/corpus"], f"{base}/filter", recipe=load_recipe(), overwrite=True,
-                           arguments=vars(args), address=args.address, num_cpus=args.num_cpus)
-    print(format_funnel(stats))
-    print(f"demo output: {os.path.abspath(base)}  (kept reviews: {base}/filter/kept, funnel: {base}/filter/stats.json)")
-    return stats
+    from reviewlm.io.readers import Columns
+    from reviewlm.pipeline import DEMO_ROWS, DEMO_TRAIN, PipelineArgs
+    from reviewlm.pipeline import run_pipeline as run
+    from reviewlm.train.job import TrainArgs
+
+    demo = args.command == "demo" or args.demo
+    if demo and getattr(args, "inputs", None):
+        raise UsageError("--demo synthesizes its own corpus: give no INPUT")
+    given = {f.name: getattr(args, f.name) for f in fields(TrainArgs)
+             if getattr(args, f.name, None) not in (None, False)}
+    train = replace(DEMO_TRAIN if demo else TrainArgs(), **given)
+    pargs = PipelineArgs(inputs=getattr(args, "inputs", []), recipe=args.recipe,
+                         columns=Columns(text=args.text_column), train=train)
+    result = run(args.output, pargs, synth_rows=(args.rows or DEMO_ROWS) if demo else None,
+                 overwrite=demo or args.overwrite, address=args.address, num_cpus=args.num_cpus,
+                 arguments=vars(args))
+    print(f"\nmodel: {train.model or 'distilbert-base-uncased'}"
+          + (" (offline starter, not distilbert-base-uncased)" if train.model == "starter" else ""))
+    print(f"{'':6}{'wanted share':>14}{'unwanted share':>16}{'wanted mass':>13}{'unwanted mass':>15}")
+    for name, m in result["score"].items():
+        print(f"{name:6}{m['wanted_share']:>14.2f}{m['unwanted_share']:>16.2f}{m['wanted_mass']:>13.3f}"
+              f"{m['unwanted_mass']:>15.3f}")
+    print(f"report: {os.path.abspath(result['report']) if '://' not in result['report'] else result['report']}")
+    return result
 
 
-COMMANDS = {"filter": run_filter, "synth": run_synth, "demo": run_demo}
+COMMANDS = {"filter": run_filter, "train": run_train, "score": run_score, "pipeline": run_pipeline,
+            "demo": run_pipeline, "synth": run_synth}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         traceback.print_exc()
         return 1
+    finally:
+        _disconnect()
+
+
+def _disconnect() -> None:
+    """Leave Ray (stops a local Ray this process started) so the process can exit."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -167,13 +167,18 @@ def _split(text: str, delimiter: str) -> list[str]:
     return rows[0]
 
 
-def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
-    header, missing_text = None, False
-    for number, raw in _records(f):
+def _content(records: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """Numbered records without the UTF-8 byte-order mark and without blank ones."""
+    for number, raw in records:
         if number == 1:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
-        if not raw.strip():
-            continue
+        if raw.strip():
+            yield number, raw
+
+
+def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
+    header, missing_text = None, False
+    for number, raw in _content(_records(f)):
         try:
             text = _decode(raw)
             values = _split(text, delimiter)
@@ -193,11 +198,7 @@ def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
 
 
 def read_jsonl(f, batcher: _Batcher) -> Iterator[pa.Table]:
-    for number, raw in enumerate(_lines(f), start=1):
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        if not raw.strip():
-            continue
+    for number, raw in _content(enumerate(_lines(f), start=1)):
         try:
             text = _decode(raw)
             record = json.loads(text)
@@ -282,17 +283,16 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
             return pq.ParquetFile(f).schema_arrow.names
     with fs.open_input_stream(path, compression="detect") as f:
         if fmt in ("csv", "tsv"):
-            for _, raw in _records(f):
-                if raw.strip():
-                    try:
-                        header = _split(_decode(raw.removeprefix(b"\xef\xbb\xbf")), "," if fmt == "csv" else "\t")
-                    except (ParseError, csv.Error):
-                        return None
-                    return [h.strip() for h in header]
-        elif fmt == "jsonl":
-            for raw in _lines(f):
+            for _, raw in _content(_records(f)):
                 try:
-                    record = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                    header = _split(_decode(raw), "," if fmt == "csv" else "\t")
+                except (ParseError, csv.Error):
+                    return None
+                return [h.strip() for h in header]
+        elif fmt == "jsonl":
+            for _, raw in _content(enumerate(_lines(f), start=1)):
+                try:
+                    record = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
                     continue
                 if isinstance(record, dict):
@@ -300,29 +300,39 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
     return None
 
 
-def check_text_column(fs, files: list[dict], columns: Columns) -> None:
-    """UsageError when the first non-empty file of a format has no text column."""
+def check_columns(fs, files: list[dict], required: list[str]) -> None:
+    """UsageError when the first non-empty file of a format lacks a required column."""
     checked = set()
     for f in files:
         if f["format"] in checked or f["size"] == 0 or f["format"] == "json":
             continue
         checked.add(f["format"])
         names = _first_columns(fs, f["path"], f["format"])
-        if names is not None and columns.text not in names:
-            raise UsageError(f"no text column {columns.text!r} in {f['uri']} (columns: "
-                             f"{', '.join(names[:12])}): pass --text-column")
+        missing = [c for c in required if names is not None and c not in names]
+        if missing:
+            option = "--text-column" if missing[0] == required[0] else "--rating-column"
+            raise UsageError(f"no {'text' if option == '--text-column' else 'rating'} column {missing[0]!r} in "
+                             f"{f['uri']} (columns: {', '.join(names[:12])}): pass {option}")
 
 
-def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | None = None):
+def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | None = None,
+                 need_rating: bool = False):
     """Expand and check the inputs without Ray: (Arrow filesystem, files) or UsageError."""
     fs, files = expand_inputs(inputs, fmt)
     try:
-        check_text_column(fs, files, columns)
+        check_columns(fs, files, [columns.text] + ([columns.rating] if need_rating else []))
     except OSError as exc:
         raise UsageError(f"cannot read {files[0]['uri']}: {storage_error(exc)}") from None
     return fs, files
 
 
 def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.data.Dataset:
-    """The canonical review dataset: one row per record, quarantined ones included."""
-    return ray.data.read_datasource(ReviewDatasource(files, fs, columns))
+    """The canonical review dataset: one row per record, quarantined ones included.
+
+    With at least two files per CPU, each file is one block, so reading fuses with the
+    steps after it into one streaming task per file (no hand-off through the object store).
+    With fewer, larger files Ray splits what is read so the steps after it run in parallel.
+    """
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = len(files) if len(files) >= 2 * cpus else None
+    return ray.data.read_datasource(ReviewDatasource(files, fs, columns), override_num_blocks=blocks)

@@ -143,13 +143,15 @@ class OutputDir:
     def tmp_uri(self, sub: str = "") -> str:
         return full_uri(self.fs, posixpath.join(self.tmp, sub) if sub else self.tmp)
 
-    def prepare(self) -> "OutputDir":
-        """Refuse an existing output unless overwrite; then make the temporary location."""
+    def prepare(self, resume: bool = False) -> "OutputDir":
+        """Refuse an existing output unless overwrite (or resume, which keeps what is there)."""
         try:
             exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
-            if exists and not self.overwrite:
+            if exists and resume and self.fs.exists(f"{self.path}/_SUCCESS"):
+                raise UsageError(f"output {self.uri} is complete: nothing to resume")
+            if exists and not (self.overwrite or resume):
                 raise UsageError(f"output {self.uri} already exists: pass --overwrite to replace it")
-            if exists:
+            if exists and not resume:
                 self.fs.rm(self.path, recursive=True)
             self.fs.makedirs(self.tmp, exist_ok=True)
         except (PermissionError, OSError) as exc:
@@ -169,7 +171,8 @@ class OutputDir:
                 self.fs.copy(sources, [self.path + src[len(self.tmp):] for src in sources])
         for name, payload in (extra_json or {}).items():
             self.write_json(name, payload)
-        self.fs.rm(f"{self.path}/_temporary", recursive=True)
+        if self.fs.exists(f"{self.path}/_temporary"):  # an object store has no empty folders
+            self.fs.rm(f"{self.path}/_temporary", recursive=True)
         manifest = {"job": self.job, "version": __version__, "run_id": self.run_id,
                     "arguments": redact(arguments), "inputs": inputs, "counts": counts,
                     "started": self.started, "wall_time_s": round(time.time() - self.started, 3)}
@@ -188,6 +191,18 @@ class OutputDir:
     def write_json(self, name: str, payload: dict) -> None:
         with self.fs.open(f"{self.path}/{name}", "w") as fh:
             json.dump(payload, fh, indent=2, default=str)
+
+
+def read_json(uri: str) -> dict:
+    """A JSON file written by a finished reviewlm job (its folder has `_SUCCESS`)."""
+    folder = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    read_success(folder)
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {uri}: {storage_error(exc)}") from None
 
 
 def read_success(uri: str) -> dict:

@@ -1,0 +1,87 @@
+"""The reference study as one job: filter -> fine-tune v1 (all) and v2 (kept) -> score -> report.
+
+v1 and v2 get the same training budget (epochs and steps), so the report compares what the
+data did, not how long each model trained.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from reviewlm.errors import UsageError
+from reviewlm.filters.recipe import load_recipe
+from reviewlm.filters.stage import filter_reviews
+from reviewlm.io.readers import Columns
+from reviewlm.io.storage import OutputDir
+from reviewlm.score.job import score_models
+from reviewlm.score.prompts import REFERENCE_PROMPTS, load_word_sets
+from reviewlm.synth import write_synth
+from reviewlm.train.job import TrainArgs, train_model
+
+# The demo's offline settings: a synthesized corpus, the starter model, a budget for 2 cores.
+DEMO_ROWS = 20_000
+DEMO_TRAIN = TrainArgs(model="starter", epochs=50, max_steps=110, batch_size=16, lr=3e-4, chunk_size=64,
+                       eval_fraction=0.1, num_workers=2)
+
+
+@dataclass
+class PipelineArgs:
+    inputs: list[str] = field(default_factory=list)
+    recipe: str | None = None
+    columns: Columns = Columns()
+    train: TrainArgs = field(default_factory=TrainArgs)
+    prompts: list[str] = field(default_factory=lambda: list(REFERENCE_PROMPTS))
+
+
+def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = None, overwrite: bool = False,
+                 address: str | None = None, num_cpus: int | None = None, arguments: dict | None = None,
+                 log=print) -> dict:
+    """Run every stage into `output/{corpus,filter,train_v1,train_v2,score}`; return the summary."""
+    base = output.rstrip("/")
+    recipe = load_recipe(args.recipe)
+    args.train.check()
+    if not args.inputs and not synth_rows:
+        raise UsageError("give INPUT files, or --demo to synthesize a corpus")
+    out = OutputDir(base, "pipeline", overwrite).prepare()
+    started, stages = time.time(), 5 + bool(synth_rows)
+    step = iter(range(1, stages + 1))
+    try:
+        inputs = args.inputs
+        if synth_rows:
+            log(f"[{next(step)}/{stages}] synthesizing {synth_rows} template reviews -> {base}/corpus")
+            write_synth(f"{base}/corpus", synth_rows, seed=0)
+            inputs = [f"{base}/corpus"]
+        log(f"[{next(step)}/{stages}] filtering -> {base}/filter")
+        stats = filter_reviews(inputs, f"{base}/filter", recipe=recipe, columns=args.columns,
+                               address=address, num_cpus=num_cpus)
+        log(f"  kept {stats['kept']} of {stats['rows_read']} reviews")
+        trained = {}
+        for name, data in (("v1", inputs), ("v2", [f"{base}/filter/kept"])):
+            what = "all reviews" if name == "v1" else "the kept reviews"
+            log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({args.train.model or 'distilbert-base-uncased'}) "
+                f"-> {base}/train_{name}")
+            trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns)
+            last = trained[name]["epochs"][-1]
+            log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {last['perplexity']:.2f} "
+                f"after {last['step']} steps")
+        log(f"[{next(step)}/{stages}] scoring base, v1 and v2 -> {base}/score")
+        summary = score_models({"base": args.train.model or "distilbert-base-uncased",
+                                "v1": f"{base}/train_v1/model", "v2": f"{base}/train_v2/model"},
+                               f"{base}/score", prompts=args.prompts, word_sets=load_word_sets(None),
+                               train_metrics=f"{base}/train_v2/metrics.json",
+                               filter_stats=f"{base}/filter/stats.json")
+        result = {"filter": {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")},
+                  "train": {n: {"perplexity_before": m["perplexity_before"],
+                                "perplexity_after": m["epochs"][-1]["perplexity"],
+                                "steps": m["epochs"][-1]["step"]} for n, m in trained.items()},
+                  "score": {n: {k: m.get(k) for k in ("wanted_share", "unwanted_share", "wanted_mass",
+                                                      "unwanted_mass", "mean_filled_vader")}
+                            for n, m in summary["models"].items()},
+                  "report": f"{base}/score/report.html", "wall_time_s": round(time.time() - started, 1)}
+        log(f"[{next(step)}/{stages}] done in {result['wall_time_s']:.0f} s")
+        out.commit(arguments or {}, [], {"stages": stages}, {"pipeline.json": result})
+        return result
+    except BaseException:
+        out.abort()
+        raise

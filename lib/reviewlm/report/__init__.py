@@ -1,0 +1,1 @@
+"""Plots and the HTML/Markdown report of a score run."""

@@ -1,0 +1,103 @@
+"""Matplotlib figures for the report; each returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLORS = {"wanted": "#2e8b57", "unwanted": "#c0392b", "other": "#8c8c8c"}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def topk_bars(prompt: str, preds: pd.DataFrame, models: list[str], word_sets: dict) -> bytes:
+    """One panel per model: the top-k fills of the first mask, coloured by word set."""
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        p = preds[(preds["model"] == model) & (preds["mask_index"] == 0)].sort_values("rank")
+        kinds = ["wanted" if t in word_sets["wanted"] else "unwanted" if t in word_sets["unwanted"] else "other"
+                 for t in p["token"]]
+        ax.barh(range(len(p))[::-1], p["probability"], color=[COLORS[k] for k in kinds])
+        ax.set_yticks(range(len(p))[::-1], p["token"])
+        ax.set(title=model, xlabel="probability")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
+    fig.legend(handles, ["wanted word", "unwanted word", "other"], loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle(prompt, fontsize=10)
+    fig.subplots_adjust(bottom=0.22)
+    return _png(fig)
+
+
+def summary_bars(summary: dict) -> bytes:
+    """Wanted/unwanted share and probability mass in the top k, per model."""
+    models = [m for m, v in summary["models"].items() if "wanted_share" in v]
+    keys = ["wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        ax.bar([k + i * width for k in range(len(keys))], [summary["models"][model][k] for k in keys],
+               width, label=model)
+    ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))],
+                  ["wanted share", "unwanted share", "wanted mass", "unwanted mass"])
+    ax.set(title="Wanted and unwanted words in the top k (mean over prompts)", ylabel="fraction")
+    ax.legend()
+    return _png(fig)
+
+
+def substitution_bars(title: str, entry: dict) -> bytes:
+    """Tokens whose probability rose (green) and fell (red) the most."""
+    rows = [(r["token"], r["delta"]) for r in entry["rose"]] + [(r["token"], r["delta"]) for r in entry["fell"]]
+    rows.sort(key=lambda r: r[1])
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), [d for _, d in rows], color=[COLORS["wanted"] if d > 0 else COLORS["unwanted"]
+                                                          for _, d in rows])
+    ax.set_yticks(range(len(rows)), [t for t, _ in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(title=title, xlabel="change in probability")
+    return _png(fig)
+
+
+def loss_curve(metrics: dict) -> bytes:
+    epochs = metrics["epochs"]
+    xs = [0] + [e["epoch"] for e in epochs]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(xs[1:], [e["train_loss"] for e in epochs], "o-", label="train loss")
+    a.plot(xs, [metrics["eval_loss_before"]] + [e["eval_loss"] for e in epochs], "s-", label="eval loss")
+    a.set(title=f"Loss ({metrics.get('model')})", xlabel="epoch", ylabel="loss")
+    a.legend()
+    b.plot(xs, [metrics["perplexity_before"]] + [e["perplexity"] for e in epochs], "s-", color="C2")
+    b.set(title="Eval perplexity (epoch 0: before training)", xlabel="epoch", ylabel="perplexity")
+    return _png(fig)
+
+
+def funnel(stats: dict) -> bytes:
+    steps = stats["filters"]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(steps) + 1.4))
+    names = [s["name"] for s in steps][::-1]
+    ax.barh(names, [s["seen"] for s in steps][::-1], color="#d5d8dc", label="seen")
+    ax.barh(names, [s["passed"] for s in steps][::-1], color=COLORS["wanted"], label="passed")
+    ax.set(title=f"Filter funnel: {stats['kept']} of {stats['rows_read']} rows kept", xlabel="rows")
+    ax.legend()
+    return _png(fig)
+
+
+def confusion(cm: list[list[int]], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set(title=title, xlabel="predicted stars", ylabel="true stars", xticks=range(5), yticks=range(5),
+           xticklabels=range(1, 6), yticklabels=range(1, 6))
+    for i, row in enumerate(cm):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center")
+    fig.colorbar(im)
+    return _png(fig)

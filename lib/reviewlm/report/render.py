@@ -1,0 +1,116 @@
+"""report.md (with PNGs beside it) and report.html (self-contained: images embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import pandas as pd
+
+from reviewlm.report import plots
+
+MAX_PROMPT_FIGURES = 10
+NOTES = {"starter": "offline starter: all-MiniLM-L6-v2 weights converted to DistilBERT with a newly "
+                    "trained MLM head, not distilbert-base-uncased",
+         "tiny": "random 2-layer DistilBERT for tests: its predictions mean nothing"}
+
+
+def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
+    md = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return "\n".join(md), f"<table><tr>{th}</tr>{trs}</table>"
+
+
+def _fmt(v, digits=3):
+    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else v
+
+
+def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.DataFrame, extras: dict) -> None:
+    """Write PNGs, report.md and report.html into the output's temporary location."""
+    md, body, images = ["# reviewlm score report"], ["<h1>reviewlm score report</h1>"], {}
+
+    def section(title: str):
+        md.append(f"\n## {title}\n")
+        body.append(f"<h2>{html.escape(title)}</h2>")
+
+    def table(header, rows):
+        m, h = _table(header, rows)
+        md.append(m)
+        body.append(h)
+
+    def image(name: str, png: bytes, alt: str):
+        images[name] = png
+        md.append(f"\n![{alt}]({name})\n")
+        body.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,'
+                    f'{base64.b64encode(png).decode()}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+
+    models = summary["models"]
+    section("Models")
+    table(["name", "model", "note"], [[n, m["ref"], NOTES.get(m["ref"], "")] for n, m in models.items()])
+    scored = [n for n, m in models.items() if "wanted_share" in m]
+    if scored:
+        section("Wanted and unwanted words")
+        table(["model", "wanted share", "unwanted share", "wanted mass", "unwanted mass",
+               "median rank of first wanted", "mean VADER of filled prompts"],
+              [[n, *(_fmt(models[n][k]) for k in ("wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass",
+                                                  "median_first_wanted_rank", "mean_filled_vader"))] for n in scored])
+        image("summary.png", plots.summary_bars(summary), "Wanted/unwanted share and mass per model")
+    corpus = [n for n, m in models.items() if "corpus" in m]
+    if corpus:
+        section("Held-out corpus (15% of words masked)")
+        table(["model", "reviews", "masked tokens", "accuracy@1", "accuracy@10", "pseudo-perplexity"],
+              [[n, *(_fmt(models[n]["corpus"][k]) for k in ("reviews", "masked_tokens", "accuracy_at_1",
+                                                            "accuracy_at_10", "pseudo_perplexity"))] for n in corpus])
+    stars = [n for n, m in models.items() if "stars" in m]
+    if stars:
+        section("Star ratings")
+        table(["model", "reviews", "accuracy", "binary accuracy", "within one"],
+              [[n, models[n]["stars"]["reviews"], *(_fmt(models[n]["stars"].get(k))
+                                                   for k in ("accuracy", "binary_accuracy", "within_one_accuracy"))]
+               for n in stars])
+        for n in stars:
+            if "confusion_matrix" in models[n]["stars"]:
+                image(f"confusion_{n}.png", plots.confusion(models[n]["stars"]["confusion_matrix"], f"{n}: stars"),
+                      f"Confusion matrix of {n}")
+    if len(predictions):
+        section("Top predictions per prompt")
+        order = prompts[prompts["error"].isna()].drop_duplicates("prompt_index").sort_values("prompt_index")
+        for i, row in enumerate(order.itertuples()):
+            p = predictions[predictions["prompt_index"] == row.prompt_index]
+            if i < MAX_PROMPT_FIGURES:
+                image(f"topk_{row.prompt_index}.png", plots.topk_bars(row.prompt, p, scored, summary["word_sets"]),
+                      f"Top fills for: {row.prompt}")
+            else:
+                first = p[(p["mask_index"] == 0) & (p["rank"] <= 3)].sort_values(["model", "rank"])
+                table(["prompt", "model", "top 3"], [[row.prompt, m, ", ".join(g["token"])]
+                                                     for m, g in first.groupby("model", sort=False)])
+    for pair, entries in summary.get("substitutions", {}).items():
+        section(f"Substitutions: {pair}")
+        texts = dict(zip(prompts["prompt_index"], prompts["prompt"])) if len(prompts) else {}
+        for entry in entries[:MAX_PROMPT_FIGURES]:
+            prompt = texts.get(entry["prompt_index"], "")
+            image(f"substitutions_{pair.replace(' ', '_')}_{entry['prompt_index']}_{entry['mask_index']}.png",
+                  plots.substitution_bars(f"{pair}: {prompt}", entry), f"Largest probability changes for: {prompt}")
+    if summary.get("invalid_prompts"):
+        section("Prompts that could not be scored")
+        table(["#", "prompt", "reason"], [[p["prompt_index"], p["prompt"], p["error"]] for p in summary["invalid_prompts"]])
+    if extras.get("train"):
+        section("Training")
+        image("loss.png", plots.loss_curve(extras["train"]), "Loss and perplexity per epoch")
+    if extras.get("filter"):
+        section("Filter funnel")
+        image("funnel.png", plots.funnel(extras["filter"]), "Rows seen and passed per filter")
+
+    for name, png in images.items():
+        with out.fs.open(f"{out.tmp}/{name}", "wb") as fh:
+            fh.write(png)
+    with out.fs.open(f"{out.tmp}/report.md", "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "img{max-width:100%}figure{margin:1em 0}")
+    with out.fs.open(f"{out.tmp}/report.html", "w") as fh:
+        fh.write(f"<!doctype html><html><head><meta charset='utf-8'><title>reviewlm score report</title>"
+                 f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,232 @@
+"""Ray Data actors that load a model once and score batches: prompts, corpora, star ratings.
+
+Prompts are bucketed by length (sorted, then cut into micro-batches) so little padding is
+computed, and the vocabulary head runs only at the mask positions. Each actor emits rows
+for several outputs at once, told apart by a `_route` column (see RoutedParquetSink).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from reviewlm.filters.sentiment import analyzer
+
+SUBSTITUTION_TOP = 1000
+PREDICTIONS = pa.schema([("model", pa.string()), ("prompt", pa.string()), ("prompt_index", pa.int64()),
+                         ("mask_index", pa.int32()), ("rank", pa.int32()), ("token", pa.string()),
+                         ("token_id", pa.int64()), ("probability", pa.float64())])
+MASKS = pa.schema([("model", pa.string()), ("prompt_index", pa.int64()), ("mask_index", pa.int32()),
+                   ("wanted_share", pa.float64()), ("unwanted_share", pa.float64()),
+                   ("wanted_mass", pa.float64()), ("unwanted_mass", pa.float64()),
+                   ("first_wanted_rank", pa.int64()), ("top_ids", pa.list_(pa.int32())),
+                   ("top_probs", pa.list_(pa.float32()))])
+PROMPTS = pa.schema([("model", pa.string()), ("prompt_index", pa.int64()), ("prompt", pa.string()),
+                     ("n_masks", pa.int32()), ("filled", pa.string()), ("filled_vader", pa.float64()),
+                     ("error", pa.string())])
+CORPUS = pa.schema([("model", pa.string()), ("id", pa.string()), ("n_masked", pa.int64()),
+                    ("correct_at_1", pa.int64()), ("correct_at_10", pa.int64()), ("nll_sum", pa.float64())])
+RATINGS = pa.schema([("model", pa.string()), ("id", pa.string()), ("rating", pa.int64()),
+                     ("predicted", pa.int64()), ("confidence", pa.float64())])
+
+
+class _ModelActor:
+    def __init__(self, name: str, ref: str, use_gpu: bool, task: str = "mlm"):
+        from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        from reviewlm.models import resolve_model
+
+        torch.set_num_threads(1)  # one CPU per actor; the pool gives the parallelism
+        path = resolve_model(ref)  # on this node: its own cache
+        self.name = name
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.tok = AutoTokenizer.from_pretrained(path)
+        cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForSequenceClassification
+        model = cls.from_pretrained(path, use_safetensors=True).eval().to(self.device)
+        self.model = model.half() if self.device.type == "cuda" else model
+        self.max_len = min(self.tok.model_max_length, getattr(model.config, "max_position_embeddings", 512))
+
+    def micro_batches(self, texts: list[str], size: int):
+        """Indices of `texts`, sorted by token length and cut into micro-batches."""
+        lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        return lengths, [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def mask_head(model):
+    """The vocabulary head as a function of hidden states (None: use the full forward)."""
+    if hasattr(model, "vocab_projector"):  # DistilBERT
+        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    for name in ("cls", "lm_head"):  # BERT, RoBERTa
+        if hasattr(model, name):
+            return getattr(model, name)
+    return None
+
+
+class MaskScorer(_ModelActor):
+    """Top-k fills and word-set metrics for prompts with one or more [MASK]."""
+
+    def __init__(self, name, ref, use_gpu, top_k, word_sets, substitution_prompts, micro_batch=64):
+        super().__init__(name, ref, use_gpu)
+        self.top_k, self.micro, self.subst = top_k, micro_batch, substitution_prompts
+        self.head = mask_head(self.model)
+        vocab = self.tok.get_vocab()
+        self.word_ids = {k: sorted({vocab[w] for w in ws if w in vocab}) for k, ws in word_sets.items()}
+        self.sia = analyzer()
+
+    @torch.inference_mode()
+    def probabilities(self, texts: list[str]) -> list[torch.Tensor]:
+        """Per text, a (masks x vocab) tensor of probabilities."""
+        enc = self.tok(texts, padding=True, return_tensors="pt").to(self.device)
+        ids = enc["input_ids"]
+        rows, cols = (ids == self.tok.mask_token_id).nonzero(as_tuple=True)
+        if self.head is not None:
+            hidden = self.model.base_model(input_ids=ids, attention_mask=enc["attention_mask"]).last_hidden_state
+            logits = self.head(hidden[rows, cols])
+        else:
+            logits = self.model(**enc).logits[rows, cols]
+        probs = logits.float().softmax(-1).cpu()
+        return [probs[rows.cpu() == i] for i in range(len(texts))]
+
+    def __call__(self, batch: dict) -> pa.Table:
+        prompts, index = list(batch["prompt"]), batch["prompt_index"]
+        out = {"predictions": [], "masks": [], "prompts": []}
+        texts = [p.replace("[MASK]", self.tok.mask_token) for p in prompts]
+        lengths, groups = self.micro_batches(texts, self.micro)
+        for group in groups:
+            valid = []
+            for i in group:
+                error = self._check(prompts[i], lengths[i])
+                if error:
+                    out["prompts"].append({"model": self.name, "prompt_index": int(index[i]), "prompt": prompts[i],
+                                           "n_masks": prompts[i].count("[MASK]"), "error": error})
+                else:
+                    valid.append(i)
+            if valid:
+                for i, probs in zip(valid, self.probabilities([texts[i] for i in valid])):
+                    self._emit(out, prompts[i], int(index[i]), probs)
+        tables = [pa.Table.from_pylist(rows, schema=schema).append_column(
+                      "_route", pa.array([route] * len(rows), pa.string()))
+                  for route, schema in (("predictions", PREDICTIONS), ("masks", MASKS), ("prompts", PROMPTS))
+                  for rows in [out[route]]]
+        return pa.concat_tables(tables, promote_options="default")
+
+    def _check(self, prompt: str, n_tokens: int) -> str | None:
+        if not prompt.strip():
+            return "empty prompt"
+        if "[MASK]" not in prompt:
+            return "no [MASK] in prompt"
+        if n_tokens > self.max_len:
+            return f"prompt has {n_tokens} tokens, more than the model's limit of {self.max_len}"
+        return None
+
+    def _emit(self, out: dict, prompt: str, index: int, probs: torch.Tensor) -> None:
+        values, ids = probs.topk(self.top_k, dim=-1)
+        filled = prompt
+        for m in range(probs.shape[0]):
+            tokens = [self.tok.decode([int(t)]) for t in ids[m]]
+            filled = filled.replace("[MASK]", tokens[0], 1)
+            for r, (tok, tid, p) in enumerate(zip(tokens, ids[m].tolist(), values[m].tolist()), start=1):
+                out["predictions"].append({"model": self.name, "prompt": prompt, "prompt_index": index,
+                                           "mask_index": m, "rank": r, "token": tok, "token_id": tid,
+                                           "probability": p})
+            out["masks"].append(self._mask_metrics(index, m, probs[m], set(ids[m].tolist())))
+        out["prompts"].append({"model": self.name, "prompt_index": index, "prompt": prompt,
+                               "n_masks": probs.shape[0], "filled": filled,
+                               "filled_vader": self.sia.polarity_scores(filled)["compound"]})
+
+    def _mask_metrics(self, index: int, m: int, p: torch.Tensor, top: set) -> dict:
+        row = {"model": self.name, "prompt_index": index, "mask_index": m}
+        for key in ("wanted", "unwanted"):
+            ids = self.word_ids[key]
+            row[f"{key}_share"] = len(top & set(ids)) / self.top_k
+            row[f"{key}_mass"] = float(sum(float(p[i]) for i in ids if i in top))
+        wanted = self.word_ids["wanted"]
+        row["first_wanted_rank"] = int((p > p[wanted].max()).sum()) + 1 if wanted else None
+        if index < self.subst:
+            v, i = p.topk(SUBSTITUTION_TOP)
+            row["top_ids"], row["top_probs"] = i.tolist(), v.tolist()
+        return row
+
+
+def mask_words(text: str, key: str, fraction: float, tok, seed: int) -> tuple[list[int], list[int]]:
+    """Token ids with a seeded `fraction` of whole words masked, and the labels (-100 elsewhere)."""
+    enc = tok(text, truncation=True, max_length=512, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, special, offsets = enc["input_ids"], enc["special_tokens_mask"], enc["offset_mapping"]
+    words, prev_end = [], None
+    for i, (s, e) in enumerate(offsets):
+        if special[i]:
+            prev_end = None
+            continue
+        if prev_end is None or s != prev_end:
+            words.append([])
+        words[-1].append(i)
+        prev_end = e
+    rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big"))
+    n = max(1, round(fraction * len(words))) if words else 0
+    chosen = rng.choice(len(words), size=n, replace=False) if n else []
+    labels = [-100] * len(ids)
+    ids = list(ids)
+    for w in chosen:
+        for i in words[w]:
+            labels[i], ids[i] = ids[i], tok.mask_token_id
+    return ids, labels
+
+
+class CorpusScorer(_ModelActor):
+    """Masked-token accuracy@1/@10 and pseudo-perplexity on held-out reviews."""
+
+    def __init__(self, name, ref, use_gpu, fraction=0.15, seed=0, micro_batch=16):
+        super().__init__(name, ref, use_gpu)
+        self.fraction, self.seed, self.micro = fraction, seed, micro_batch
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> pa.Table:
+        rows = []
+        texts, ids_ = list(batch["text"]), list(batch["id"])
+        masked = [mask_words(t, k, self.fraction, self.tok, self.seed) for t, k in zip(texts, ids_)]
+        order = np.argsort([len(m[0]) for m in masked], kind="stable")
+        for start in range(0, len(order), self.micro):
+            group = order[start:start + self.micro]
+            width = max(len(masked[i][0]) for i in group)
+            pad = self.tok.pad_token_id
+            ids = torch.tensor([masked[i][0] + [pad] * (width - len(masked[i][0])) for i in group], device=self.device)
+            labels = torch.tensor([masked[i][1] + [-100] * (width - len(masked[i][1])) for i in group], device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
+            logp = logits.log_softmax(-1)
+            top10 = logits.topk(10, dim=-1).indices
+            for row, i in enumerate(group):
+                sel = labels[row] != -100
+                gold = labels[row][sel]
+                rows.append({"model": self.name, "id": str(ids_[i]), "n_masked": int(sel.sum()),
+                             "correct_at_1": int((top10[row][sel][:, 0] == gold).sum()),
+                             "correct_at_10": int((top10[row][sel] == gold[:, None]).any(-1).sum()),
+                             "nll_sum": float(-logp[row][sel].gather(-1, gold[:, None]).sum())})
+        return pa.Table.from_pylist(rows, schema=CORPUS).append_column("_route", pa.array(["corpus"] * len(rows)))
+
+
+class StarScorer(_ModelActor):
+    """Predicted 1-5 star rating per review from a sequence classifier."""
+
+    def __init__(self, name, ref, use_gpu, micro_batch=32):
+        super().__init__(name, ref, use_gpu, task="stars")
+        self.micro = micro_batch
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> pa.Table:
+        texts = list(batch["text"])
+        _, groups = self.micro_batches(texts, self.micro)
+        pred, conf = np.zeros(len(texts), np.int64), np.zeros(len(texts))
+        for group in groups:
+            enc = self.tok([texts[i] for i in group], padding=True, truncation=True, max_length=self.max_len,
+                           return_tensors="pt").to(self.device)
+            probs = self.model(**enc).logits.float().softmax(-1).cpu()
+            pred[group], conf[group] = probs.argmax(-1).numpy() + 1, probs.max(-1).values.numpy()
+        ratings = batch["rating"] if "rating" in batch else [None] * len(texts)
+        table = pa.table({"model": [self.name] * len(texts), "id": [str(i) for i in batch["id"]],
+                          "rating": pa.array([None if r is None or r != r else int(r) for r in ratings], pa.int64()),
+                          "predicted": pred, "confidence": conf}, schema=RATINGS)
+        return table.append_column("_route", pa.array(["ratings"] * len(texts)))

@@ -1,0 +1,58 @@
+"""Model references: the offline starter is a faithful conversion; bad references exit 2."""
+
+import pytest
+import torch
+
+from reviewlm.errors import UsageError
+from reviewlm.models import _minilm_dir, resolve_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def test_starter_encoder_equals_the_original_minilm():
+    from transformers import AutoModel, AutoTokenizer, DistilBertForMaskedLM
+
+    path = resolve_model("starter")
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = tok(["Nike shoes are very comfortable.", "under armour hoodies"], padding=True, return_tensors="pt")
+    assert tok.vocab_size == 30522 and tok.convert_tokens_to_ids("comfortable") == 6625
+    assert tok.mask_token_id == 103
+    bert = AutoModel.from_pretrained(str(_minilm_dir())).eval()
+    ours = DistilBertForMaskedLM.from_pretrained(path).eval()
+    with torch.inference_mode():
+        want = bert(**ids).last_hidden_state
+        got = ours.distilbert(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+    assert (want - got).abs().max().item() < 1e-4
+    assert ours.vocab_projector.weight.data_ptr() == ours.distilbert.embeddings.word_embeddings.weight.data_ptr()
+    assert resolve_model("starter") == path  # built once, then reused
+
+
+def test_tiny_is_small_and_loads_in_a_fill_mask_pipeline():
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=resolve_model("tiny"))
+    out = fill("Nike shoes are very [MASK].", top_k=3)
+    assert len(out) == 3 and all(0 <= o["score"] <= 1 for o in out)
+    assert sum(p.numel() for p in fill.model.parameters()) < 5_000_000
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("./no/such/dir", "does not exist"),
+    ("no-such-org/no-such-model-xyz", "cannot load model"),
+])
+def test_bad_model_references(ref, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match=message):
+        resolve_model(ref)
+
+
+def test_model_dir_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(UsageError, match="no .safetensors weights"):
+        resolve_model(str(tmp_path))

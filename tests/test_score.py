@@ -1,0 +1,190 @@
+"""The score job: exact agreement with transformers' fill-mask, word-set metrics, the report."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from reviewlm.errors import UsageError
+from reviewlm.models import resolve_model
+from reviewlm.score.job import parse_models, score_models
+from reviewlm.score.metrics import substitutions
+from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_word_sets
+from reviewlm.score.scorer import CorpusScorer, MaskScorer, mask_words
+from reviewlm.synth import write_synth
+from tests.conftest import run_cli
+
+WORDS = load_word_sets(None)
+PROMPTS = REFERENCE_PROMPTS + ["The [MASK] from [MASK] are great.", "no mask here", "",
+                               "very " * 600 + "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return resolve_model("tiny")
+
+
+def score_batch(path, prompts, k=10):
+    scorer = MaskScorer("m", path, False, k, WORDS, 20)
+    table = scorer({"prompt": np.array(prompts, dtype=object), "prompt_index": np.arange(len(prompts))})
+    return {route: table.filter(pa.compute.equal(table["_route"], route)).to_pandas()
+            for route in ("predictions", "masks", "prompts")}
+
+
+def test_top_k_equals_the_fill_mask_pipeline(tiny):
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=tiny)
+    out = score_batch(tiny, PROMPTS[:6])["predictions"]
+    for i, prompt in enumerate(PROMPTS[:6]):
+        expected = fill(prompt, top_k=10)
+        expected = expected if isinstance(expected[0], list) else [expected]
+        for m, fills in enumerate(expected):
+            got = out[(out["prompt_index"] == i) & (out["mask_index"] == m)].sort_values("rank")
+            assert got["token"].tolist() == [f["token_str"] for f in fills]
+            assert np.abs(got["probability"].to_numpy() - [f["score"] for f in fills]).max() < 1e-4
+            assert (got["prompt"] == prompt).all()
+
+
+def test_bad_prompts_are_reported_with_a_reason(tiny):
+    prompts = score_batch(tiny, PROMPTS)["prompts"].set_index("prompt_index").sort_index()
+    assert list(prompts.index) == list(range(len(PROMPTS)))
+    assert prompts.loc[6, "error"] == "no [MASK] in prompt"
+    assert prompts.loc[7, "error"] == "empty prompt"
+    assert "more than the model's limit of 512" in prompts.loc[8, "error"]
+    assert prompts.loc[:5, "error"].isna().all() and prompts.loc[5, "n_masks"] == 2
+    assert "[MASK]" not in prompts.loc[5, "filled"] and -1 <= prompts.loc[0, "filled_vader"] <= 1
+
+
+def test_word_set_metrics_on_a_hand_made_distribution(tiny):
+    scorer = MaskScorer("m", tiny, False, 3, WORDS, 20)
+    scorer.word_ids = {"wanted": [10, 11], "unwanted": [12]}
+    p = torch.full((30522,), 0.0)
+    p[[12, 10, 5, 11, 7]] = torch.tensor([0.4, 0.3, 0.2, 0.05, 0.05])
+    row = scorer._mask_metrics(0, 0, p, {12, 10, 5})
+    assert row["wanted_share"] == pytest.approx(1 / 3) and row["unwanted_share"] == pytest.approx(1 / 3)
+    assert row["wanted_mass"] == pytest.approx(0.3) and row["unwanted_mass"] == pytest.approx(0.4)
+    assert row["first_wanted_rank"] == 2 and len(row["top_ids"]) == 1000
+
+
+def test_scoring_is_deterministic(tiny):
+    a, b = score_batch(tiny, REFERENCE_PROMPTS), score_batch(tiny, REFERENCE_PROMPTS[::-1])
+    key = ["prompt", "mask_index", "rank"]
+    a = a["predictions"].sort_values(key).reset_index(drop=True)
+    b = b["predictions"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="prompt_index"), b.drop(columns="prompt_index"))
+
+
+def test_corpus_masking_is_seeded_and_masks_whole_words(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    text = "Unbelievably breathable sneakers from Underarmour, worn daily for months. " * 3
+    ids, labels = mask_words(text, "r1", 0.15, tok, 0)
+    assert (ids, labels) == mask_words(text, "r1", 0.15, tok, 0)
+    assert mask_words(text, "r2", 0.15, tok, 0) != (ids, labels)
+    pieces = tok.convert_ids_to_tokens(tok(text)["input_ids"])
+    masked = [lab != -100 for lab in labels]
+    assert sum(masked) >= 4
+    for i, piece in enumerate(pieces):
+        if piece.startswith("##"):
+            assert masked[i] == masked[i - 1]
+    out = CorpusScorer("m", tiny, False)({"text": np.array([text], dtype=object), "id": np.array(["r1"])})
+    row = out.to_pylist()[0]
+    assert row["n_masked"] == sum(masked) and 0 <= row["correct_at_1"] <= row["correct_at_10"] <= row["n_masked"]
+
+
+def test_substitutions_rank_rises_and_falls():
+    masks = pd.DataFrame([
+        {"model": "base", "prompt_index": 0, "mask_index": 0, "top_ids": [1, 2, 3, 8], "top_probs": [0.5, 0.3, 0.1, 0.01]},
+        {"model": "tuned", "prompt_index": 0, "mask_index": 0, "top_ids": [2, 4, 1, 9], "top_probs": [0.6, 0.2, 0.1, 0.01]}])
+    [entry] = substitutions(masks, "base", "tuned", str, n=2)  # a token outside a top list counts at its floor
+    assert [r["token"] for r in entry["rose"]] == ["2", "4"] and entry["rose"][0]["delta"] == pytest.approx(0.3)
+    assert [r["token"] for r in entry["fell"]] == ["1", "3"]
+
+
+def test_templates_models_and_word_sets(tmp_path):
+    (tmp_path / "t.txt").write_text("{brand} {product} are very [MASK].\n")
+    prompts = expand_templates(str(tmp_path / "t.txt"))
+    assert "nike shoes are very [MASK]." in prompts and len(prompts) > 200
+    assert parse_models(["base=starter", "tiny"]) == {"base": "starter", "tiny": "tiny"}
+    with pytest.raises(UsageError):
+        parse_models(["a=tiny", "a=starter"])
+    (tmp_path / "w.yaml").write_text("wanted: [Comfy]\n")
+    assert load_word_sets(str(tmp_path / "w.yaml"))["wanted"] == ["comfy"]
+    (tmp_path / "bad.yaml").write_text("liked: [x]\n")
+    with pytest.raises(UsageError):
+        load_word_sets(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.slow
+def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(REFERENCE_PROMPTS + ["no mask here"]) + "\n")
+    write_synth(str(tmp_path / "corpus"), 60, seed=9)
+    out = tmp_path / "score"
+    summary = score_models({"base": "starter", "tiny": "tiny"}, str(out), prompts=PROMPTS[:5] + ["no mask here"],
+                           corpus=[str(tmp_path / "corpus")], word_sets=WORDS, top_k=5, num_actors=1)
+    preds = pd.read_parquet(out / "predictions")
+    assert list(preds.columns[:6]) == ["model", "prompt", "prompt_index", "mask_index", "rank", "token"]
+    assert len(preds) == 2 * 5 * 5 and set(preds["model"]) == {"base", "tiny"}
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["models"]["base"]["prompts_scored"] == 5 and saved["models"]["tiny"]["corpus"]["reviews"] == 60
+    assert saved["invalid_prompts"] == [{"prompt_index": 5, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
+    assert len(saved["substitutions"]["tiny vs base"]) == 5
+    assert 0 <= summary["models"]["base"]["wanted_share"] <= 1
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "offline starter" in html and "no mask here" in html
+    assert (out / "report.md").exists() and (out / "summary.png").stat().st_size > 5000
+    assert len(list(out.glob("topk_*.png"))) == 5 and (out / "_SUCCESS").exists()
+
+
+@pytest.mark.slow
+def test_star_model_scores_reviews(ray_cluster, tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = tmp_path / "stars"
+    AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=5).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(model_dir)
+    write_synth(str(tmp_path / "corpus"), 80, seed=2)
+    summary = score_models({"s": str(model_dir)}, str(tmp_path / "out"), prompts=[], task="stars",
+                           corpus=[str(tmp_path / "corpus")], word_sets=WORDS)
+    stars = summary["models"]["s"]["stars"]
+    assert stars["reviews"] == 80 and sum(map(sum, stars["confusion_matrix"])) == 80
+    assert (tmp_path / "out" / "confusion_s.png").exists()
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(ray_cluster, tiny, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("chromium is not installed (CI installs Debian's chromium)")
+    score_models({"tiny": "tiny"}, str(tmp_path / "out"), prompts=REFERENCE_PROMPTS[:2], word_sets=WORDS)
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
+                    f"file://{tmp_path / 'out' / 'report.html'}"], check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # text and bars, not a blank page
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "x=./no/such/model"], "does not exist"),
+    (["--model", "x=tiny", "--task", "stars"], "--task stars scores reviews"),
+    (["--model", "=tiny"], "--model takes NAME=REF"),
+    (["--model", "x=tiny", "--prompts", "/no/such/prompts.txt"], "cannot read prompts"),
+])
+def test_bad_score_input_exits_2(argv, message, tmp_path):
+    res = run_cli("score", *argv, "--output", tmp_path / "o")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
