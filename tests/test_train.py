@@ -129,3 +129,20 @@ def test_bad_training_input_exits_2(corpus, tmp_path, argv, message):
     assert res.returncode == 2, res.stderr[-3000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows, argv, message", [
+    ([{"text": "Nike shoes are great", "rating": 5}] * 3, [], "split is empty"),
+    ([{"text": "Nike shoes are great", "rating": r} for r in (0, 7, 9)] * 20, ["--task", "stars"],
+     "no usable training rows"),
+], ids=["empty split", "ratings outside 1-5"])
+def test_training_data_that_cannot_train_exits_2(tmp_path, rows, argv, message):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli("train", "--data", data, "--output", tmp_path / "o", "--model", "tiny", "--num-cpus", 2,
+                  *argv, env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2, res.stderr[-3000:]
+    ours = [line for line in res.stderr.splitlines() if line.startswith("reviewlm: error: ")]
+    assert len(ours) == 1 and message in ours[0] and "Traceback" not in res.stderr  # among Ray's log lines
+    assert not (tmp_path / "o").exists()

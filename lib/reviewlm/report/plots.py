@@ -13,9 +13,10 @@ import pandas as pd  # noqa: E402
 COLORS = {"wanted": "#2e8b57", "unwanted": "#c0392b", "other": "#8c8c8c"}
 
 
-def _png(fig) -> bytes:
+def _png(fig, bottom: float = 0.0) -> bytes:
+    """PNG bytes; `bottom` keeps that fraction of the height free (for a legend below)."""
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
@@ -34,8 +35,7 @@ def topk_bars(prompt: str, preds: pd.DataFrame, models: list[str], word_sets: di
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
     fig.legend(handles, ["wanted word", "unwanted word", "other"], loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(prompt, fontsize=10)
-    fig.subplots_adjust(bottom=0.22)
-    return _png(fig)
+    return _png(fig, bottom=0.08)
 
 
 def summary_bars(summary: dict) -> bytes:
