@@ -122,8 +122,9 @@ def test_star_classifier_beats_the_majority_class(ray_cluster, corpus, tmp_path)
     (["--model", "no-such-org/no-such-model-xyz"], "cannot load model"),
     (["--model", "./missing-model-dir"], "does not exist"),
     (["--eval-fraction", "1.5"], "--eval-fraction must be between 0 and 1"),
+    (["--data", "s3://no-such-bucket/reviews/"], "no-such-bucket"),
 ])
-def test_bad_training_input_exits_2(corpus, tmp_path, argv, message):
+def test_bad_training_input_exits_2(s3, corpus, tmp_path, argv, message):
     res = run_cli("train", "--data", corpus, "--output", tmp_path / "o", "--model", "tiny", *argv,
                   env={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2, res.stderr[-3000:]
