@@ -6,7 +6,6 @@ Exit codes: 0 done; 2 bad usage or bad input (one line on stderr); 1 anything un
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
