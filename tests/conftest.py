@@ -42,7 +42,7 @@ def s3():
 def ray_cluster(s3):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # the state API needs it
     yield ray
     ray.shutdown()
 

@@ -114,9 +114,11 @@ def test_templates_models_and_word_sets(tmp_path):
     (tmp_path / "t.txt").write_text("{brand} {product} are very [MASK].\n")
     prompts = expand_templates(str(tmp_path / "t.txt"))
     assert "nike shoes are very [MASK]." in prompts and len(prompts) > 200
-    assert parse_models(["base=starter", "tiny"]) == {"base": "starter", "tiny": "tiny"}
-    with pytest.raises(UsageError):
-        parse_models(["a=tiny", "a=starter"])
+    assert parse_models(["base=starter", "tiny", "out/train_v2/model/"]) == {
+        "base": "starter", "tiny": "tiny", "model": "out/train_v2/model/"}
+    for bad in (["a=tiny", "a=starter"], ["../../escape=tiny"], ["a/b=tiny"], [".hidden=tiny"]):
+        with pytest.raises(UsageError):
+            parse_models(bad)
     (tmp_path / "w.yaml").write_text("wanted: [Comfy]\n")
     assert load_word_sets(str(tmp_path / "w.yaml"))["wanted"] == ["comfy"]
     (tmp_path / "bad.yaml").write_text("liked: [x]\n")
@@ -182,6 +184,7 @@ def test_report_renders_in_headless_chromium(ray_cluster, tiny, tmp_path):
     (["--model", "x=./no/such/model"], "does not exist"),
     (["--model", "x=tiny", "--task", "stars"], "--task stars scores reviews"),
     (["--model", "=tiny"], "--model takes NAME=REF"),
+    (["--model", "../../x=tiny"], "model name '../../x'"),
     (["--model", "x=tiny", "--prompts", "/no/such/prompts.txt"], "cannot read prompts"),
 ])
 def test_bad_score_input_exits_2(argv, message, tmp_path):

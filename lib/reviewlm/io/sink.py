@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
 import pyarrow as pa
@@ -14,7 +13,10 @@ from reviewlm.io.storage import arrow_filesystem, filesystem
 
 
 class RoutedParquetSink(Datasink):
-    """Writes the rows of each route to `<base>/<route>/part-*.parquet` in one pass.
+    """Writes the rows of each route to `<base>/<route>/part-<prefix><task>.parquet` in one pass.
+
+    File names depend only on `prefix` and the task index, so Ray's retry of a killed task
+    replaces what the killed attempt left; writes that share `base_uri` need distinct prefixes.
 
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
@@ -22,8 +24,8 @@ class RoutedParquetSink(Datasink):
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
-                 count_column: str | None = None):
-        self.base_uri, self.routes = base_uri.rstrip("/"), routes
+                 count_column: str | None = None, prefix: str = ""):
+        self.base_uri, self.routes, self.prefix = base_uri.rstrip("/"), routes, prefix
         self.route_column, self.count_column = route_column, count_column
         self.result = {"rows": {}, "counted": {}}
 
@@ -33,7 +35,7 @@ class RoutedParquetSink(Datasink):
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter = Counter()
         counted: Counter = Counter()
-        tag = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
+        tag = f"{self.prefix}{ctx.task_idx:05d}"
         try:
             for block in blocks:
                 if self.count_column:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pandas as pd
@@ -20,13 +21,21 @@ from reviewlm.score import scorer as S
 SUBSTITUTION_PROMPTS = 20
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """`NAME=REF` pairs (a bare REF is named after itself), in order, names unique."""
+    """`NAME=REF` pairs in order, names unique; a bare REF is named after its last path part.
+
+    Names end up in file names of the report, so they are plain words: letters, digits, `_.-`.
+    """
     models = {}
     for spec in specs:
-        name, _, ref = spec.partition("=") if "=" in spec else (spec, "", spec)
+        name, _, ref = spec.partition("=") if "=" in spec else (spec.rstrip("/").rsplit("/", 1)[-1], "", spec)
         if not name or not ref:
             raise UsageError(f"--model takes NAME=REF, not {spec!r}")
+        if not MODEL_NAME.fullmatch(name):
+            raise UsageError(f"model name {name!r}: use letters, digits, '_', '.' or '-' (not first)")
         if name in models:
             raise UsageError(f"model name {name!r} given twice")
         models[name] = ref
@@ -67,21 +76,21 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         pool, per_actor, corpus_pool = _pools(num_actors, use_gpu)
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
                   "corpus": S.CORPUS, "ratings": S.RATINGS}
-        for name, ref in ((n, portable_ref(r)) for n, r in models.items()):
-            sink = RoutedParquetSink(out.tmp_uri(), routes)
+        for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             if task == "mlm" and prompts:
                 ds = ray.data.from_items([{"prompt": p, "prompt_index": i} for i, p in enumerate(prompts)])
                 ds.map_batches(S.MaskScorer, fn_constructor_args=(name, ref, use_gpu, top_k, word_sets,
                                                                   SUBSTITUTION_PROMPTS),
                                batch_size=batch_size, batch_format="numpy", concurrency=pool,
-                               **per_actor).write_datasink(sink)
+                               **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(fs_in, files, columns).map_batches(
                     lambda b: b.filter(pc.and_(pc.is_null(b["_error"]), pc.is_valid(b["text"]))),
                     batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.StarScorer
                 reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
-                                    batch_format="numpy", concurrency=corpus_pool, **per_actor).write_datasink(sink)
+                                    batch_format="numpy", concurrency=corpus_pool, **per_actor).write_datasink(
+                                        RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
         summary = _summary(out, models, paths, task, word_sets)
         from reviewlm.report.render import write_report
 
