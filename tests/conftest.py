@@ -1,9 +1,12 @@
 """Shared fixtures: a moto S3 server on 127.0.0.1 and one local Ray cluster (2 CPUs)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,36 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
     """Run the installed `reviewlm` console script."""
     return subprocess.run([str(BIN / "reviewlm"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the first PID `find()` returns once `ready()` holds: a fault from outside the job."""
+
+    def __init__(self, find, ready=lambda: True, timeout=300):
+        super().__init__(daemon=True)
+        self.find, self.ready, self.deadline = find, ready, time.time() + timeout
+        self.killed: list[int] = []
+        self.start()
+
+    def run(self):
+        while not self.killed and time.time() < self.deadline:
+            pids = self.find() if self.ready() else []
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                self.killed.append(pids[0])
+            time.sleep(0.3)
+
+
+def running_task_pids(name_part: str) -> list[int]:
+    """PIDs of workers running a task whose name contains `name_part`, from Ray's state API."""
+    from ray.util.state import list_tasks
+
+    return [t.worker_pid for t in list_tasks(filters=[("state", "=", "RUNNING")], limit=1000)
+            if name_part in t.name and t.worker_pid]
+
+
+def actor_pids(class_name: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+            if a.pid]

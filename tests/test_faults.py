@@ -1,0 +1,76 @@
+"""Faults from outside the job: a Ray worker SIGKILLed, the whole job killed, S3 failing."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from reviewlm.filters.recipe import parse_recipe
+from reviewlm.filters.stage import filter_reviews
+from reviewlm.synth import write_synth
+from tests.conftest import BIN, Killer, running_task_pids
+
+pytestmark = pytest.mark.slow
+COUNTS = ("rows_read", "kept", "rejected", "quarantined", "filters")
+RECIPE = "all:\n  - non_null\n  - sentiment: {min_compound: 0.05}\n  - brand\n"  # VADER on every row: slow enough
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """4 files of 12,000 rows: each filter-and-write task writes several batches."""
+    path = tmp_path_factory.mktemp("faults") / "corpus"
+    write_synth(str(path), 48_000, seed=5, shards=4, min_words=20, max_words=40)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clean(ray_cluster, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    return filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE)), out
+
+
+def same_result(stats, out, clean_run):
+    clean_stats, clean_out = clean_run
+    assert {k: stats[k] for k in COUNTS} == {k: clean_stats[k] for k in COUNTS}
+    for part in ("kept", "rejected"):
+        ids = pd.read_parquet(out / part, columns=["id"])["id"]
+        assert ids.is_unique  # a retried task added no rows
+        assert set(ids) == set(pd.read_parquet(clean_out / part, columns=["id"])["id"])
+    assert (out / "_SUCCESS").exists()
+
+
+def test_a_worker_killed_while_filtering_changes_nothing(ray_cluster, corpus, clean, tmp_path):
+    out = tmp_path / "out"
+    # mid-job: once one read-filter-write task has written its files, kill another that is running
+    killer = Killer(lambda: running_task_pids("Write"), ready=lambda: any(out.glob("_temporary/*/*/*.parquet")))
+    stats = filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE))
+    killer.join(1)
+    assert killer.killed, "no filter task was running to be killed"
+    same_result(stats, out, clean)
+
+
+def test_a_filter_job_killed_as_a_whole_leaves_no_success_and_reruns_cleanly(corpus, clean, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    argv = [str(BIN / "reviewlm"), "filter", corpus, "--output", str(out), "--recipe", str(tmp_path / "recipe.yaml"),
+            "--num-cpus", "2"]
+    job = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(out.glob("_temporary/*/kept/*.parquet")):  # data is being written
+        assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    job.wait()
+    assert not (out / "_SUCCESS").exists() and not (out / "kept").exists()
+
+    rerun = subprocess.run(argv, capture_output=True, text=True)
+    assert rerun.returncode == 2 and "--overwrite" in rerun.stderr  # an unfinished output is not reused silently
+    rerun = subprocess.run(argv + ["--overwrite"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    same_result(stats, out, clean)
+    assert not (out / "_temporary").exists()
