@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from reviewlm.synth import write_synth
 from reviewlm.train.data import tokenize_and_chunk
 from reviewlm.train.job import TrainArgs, star_metrics, train_model
 from reviewlm.train.loop import mlm_collate
-from tests.conftest import run_cli
+from tests.conftest import BIN, Killer, actor_pids, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -74,31 +77,50 @@ def test_mlm_lowers_perplexity_and_exports_a_fill_mask_model(mlm_run):
     assert not (out / "model" / "train_state.pt").exists()
 
 
+def checkpoints(out) -> list:
+    return [p for p in (out / "checkpoints" / "run").glob("checkpoint_*") if p.is_dir()]
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpus, tmp_path):
     steps = mlm_run[1]["epochs"][0]["step"]
-    # dies in epoch 3: the epoch-1 checkpoint is surely registered by then (epoch 2's may not be)
-    metrics = train_model([corpus], str(tmp_path / "fault"), TrainArgs(**ARGS), fail_at_step=2 * steps + 2)
+    out = tmp_path / "fault"
+    # two checkpoints on disk: the first is surely registered; then a training worker is SIGKILLed
+    killer = Killer(lambda: actor_pids("RayTrainWorker"), ready=lambda: len(checkpoints(out)) >= 2)
+    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": 4}))
+    killer.join(1)
+    assert killer.killed, "training ended before a worker could be killed"
     [restart] = metrics["restarts"]
-    assert restart["from_epoch"] in (1, 2) and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]  # not started over
-    assert metrics["epochs"][-1]["step"] == mlm_run[1]["epochs"][-1]["step"]
+    assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]  # not started over
+    assert metrics["epochs"][-1]["step"] == 4 * steps and (out / "_SUCCESS").exists()
 
 
 @pytest.mark.slow
-def test_resume_continues_an_interrupted_run(mlm_run, corpus, tmp_path):
+def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     steps = mlm_run[1]["epochs"][0]["step"]
-    out = tmp_path / "interrupted"
-    with pytest.raises(Exception):
-        train_model([corpus], str(out), TrainArgs(**ARGS, max_failures=0), fail_at_step=2 * steps + 1)
-    assert not (out / "_SUCCESS").exists() and (out / "checkpoints").exists()
-    res = run_cli("train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", 3,
-                  "--batch-size", 16, "--lr", 1e-3, "--chunk-size", 32)
+    out = tmp_path / "killed"
+    argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", 4,
+            "--batch-size", 16, "--lr", 1e-3, "--chunk-size", 32, "--num-cpus", 2]
+    job = subprocess.Popen(list(map(str, argv)), start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while len(checkpoints(out)) < 2:
+        assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
+        time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    job.wait()
+    assert not (out / "_SUCCESS").exists() and not (out / "model").exists()
+    # resumes from the last checkpoint the killed run registered (epoch 1 or 2), not from scratch
+    res = run_cli(*argv[1:])
     assert res.returncode == 2 and "already exists" in res.stderr
-    metrics = train_model([corpus], str(out), TrainArgs(**ARGS), resume=True)
+    res = run_cli(*argv[1:], "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
     [restart] = metrics["restarts"]
-    assert restart["from_epoch"] in (1, 2) and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and (out / "_SUCCESS").exists()
+    assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]
+    assert metrics["epochs"][-1]["step"] == 4 * steps and (out / "_SUCCESS").exists()
 
 
 @pytest.mark.slow

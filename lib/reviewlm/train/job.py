@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -80,7 +79,7 @@ def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict]:
 def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Columns = Columns(),
                 fmt: str | None = None, storage: str | None = None, overwrite: bool = False,
                 resume: bool = False, address: str | None = None, num_cpus: int | None = None,
-                arguments: dict | None = None, fail_at_step: int | None = None) -> dict:
+                arguments: dict | None = None) -> dict:
     """Fine-tune `args.model` on the reviews in `inputs`; write model/, metrics.json, plots."""
     from transformers import AutoTokenizer
 
@@ -100,9 +99,6 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
                   "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "precision": args.precision,
                   "whole_word": whole_word,
                   "mask_probability": args.whole_word_mask if whole_word else args.mlm_probability}
-        if fail_at_step:
-            config.update(fail_at_step=fail_at_step, fail_marker=os.path.join(tempfile.gettempdir(),
-                                                                              f"reviewlm-fail-{out.run_id}"))
         storage_uri = (storage or out.uri).rstrip("/") + "/checkpoints"
         sfs, spath = filesystem(storage_uri)
         run_config = RunConfig(name="run", storage_path=spath if "file" not in sfs.protocol else os.path.abspath(spath),

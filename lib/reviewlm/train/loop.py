@@ -147,7 +147,6 @@ def train_func(config: dict) -> None:
             if timer is None:  # the first step warms up: time the ones after it
                 timer, timed_from = time.perf_counter(), len(losses)
             step += 1
-            _maybe_fail(config, step)
             if step >= total:
                 break
         epoch += 1
@@ -178,11 +177,3 @@ def unwrap(model):
 
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
-
-
-def _maybe_fail(config: dict, step: int) -> None:
-    """Fault injection for tests: kill this worker at step k, once (a marker file remembers)."""
-    marker = config.get("fail_marker")
-    if marker and step == config.get("fail_at_step") and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
