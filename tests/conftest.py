@@ -1,5 +1,6 @@
 """Shared fixtures: a moto S3 server on 127.0.0.1 and one local Ray cluster (2 CPUs)."""
 
+import http.client
 import os
 import signal
 import socket
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,71 @@ def actor_pids(class_name: str) -> list[int]:
 
     return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
             if a.pid]
+
+
+class FaultyS3(ThreadingHTTPServer):
+    """An HTTP proxy in front of the moto server that answers some requests with an S3 error.
+
+    `fault(method, path, headers)` returns `(status, code, message)` to fail a request, or
+    None to pass it on. `failed` lists what was failed.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, fault):
+        self.upstream, self.fault, self.failed = urllib.parse.urlsplit(upstream).netloc, fault, []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _handle(self):
+        body = self._body()
+        failure = self.server.fault(self.command, self.path, self.headers)
+        if failure:
+            self.server.failed.append((self.command, self.path, failure[1]))
+            payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{failure[1]}</Code>'
+                       f"<Message>{failure[2]}</Message></Error>").encode()
+            self.send_response(failure[0])
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+        headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(self.server.upstream, timeout=60)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        res = conn.getresponse()
+        data = res.read()
+        self.send_response(res.status)
+        for k, v in res.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", res.getheader("Content-Length", "0") if self.command == "HEAD"
+                         else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    def _body(self) -> bytes:
+        if "chunked" not in self.headers.get("Transfer-Encoding", ""):
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        self.rfile.readline()
+        return b"".join(chunks)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

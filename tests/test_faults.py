@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import write_synth
-from tests.conftest import BIN, Killer, running_task_pids
+from tests.conftest import BIN, FaultyS3, Killer, run_cli, running_task_pids
 
 pytestmark = pytest.mark.slow
 COUNTS = ("rows_read", "kept", "rejected", "quarantined", "filters")
@@ -74,3 +75,55 @@ def test_a_filter_job_killed_as_a_whole_leaves_no_success_and_reruns_cleanly(cor
     stats = json.loads((out / "stats.json").read_text())
     same_result(stats, out, clean)
     assert not (out / "_temporary").exists()
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3):
+    write_synth("s3://reviews/flaky/in", 2000, seed=6, shards=4)
+    return "s3://reviews/flaky/in"
+
+
+def test_transient_s3_errors_are_retried(s3, s3_corpus, tmp_path):
+    failed_once, lock = set(), threading.Lock()
+
+    def fault(method, path, headers):  # every distinct request to the job's data fails once
+        key = (method, path, headers.get("Range"))
+        with lock:
+            if "/flaky/" in path and key not in failed_once:
+                failed_once.add(key)
+                return 503, "SlowDown", "Please reduce your request rate."
+
+    proxy = FaultyS3(os.environ["AWS_ENDPOINT_URL"], fault)
+    res = run_cli("filter", s3_corpus, "--output", "s3://reviews/flaky/out", "--num-cpus", 2,
+                  env={"AWS_ENDPOINT_URL": proxy.url})
+    assert res.returncode == 0, res.stderr[-3000:]
+    methods = {m for m, _, _ in proxy.failed}
+    assert {"GET", "PUT"} <= methods and len(proxy.failed) > 10
+    direct = run_cli("filter", s3_corpus, "--output", tmp_path / "direct", "--num-cpus", 2)
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    flaky = json.loads(s3.cat("reviews/flaky/out/stats.json"))
+    clean = json.loads((tmp_path / "direct" / "stats.json").read_text())
+    assert {k: flaky[k] for k in COUNTS} == {k: clean[k] for k in COUNTS}
+    kept = pd.read_parquet("s3://reviews/flaky/out/kept")["id"]
+    assert kept.is_unique and set(kept) == set(pd.read_parquet(tmp_path / "direct" / "kept")["id"])
+
+
+@pytest.mark.parametrize("denied", ["/locked/out/_temporary/", "/locked/out/_temporary/*/kept/"],
+                         ids=["output", "data written by workers"])
+def test_an_s3_permission_error_stops_the_job_with_one_line(s3, s3_corpus, denied):
+    if not s3.exists("locked"):
+        s3.mkdir("locked")
+    prefix, _, part = denied.partition("*")
+
+    def fault(method, path, headers):
+        if method in ("PUT", "POST") and path.startswith(prefix) and part in path:
+            return 403, "AccessDenied", "Access Denied"
+
+    proxy = FaultyS3(os.environ["AWS_ENDPOINT_URL"], fault)
+    res = run_cli("filter", s3_corpus, "--output", "s3://locked/out", "--num-cpus", 2,
+                  env={"AWS_ENDPOINT_URL": proxy.url})
+    assert res.returncode == 2 and proxy.failed, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]  # Ray's own log lines may come before
+    error = res.stderr.strip().splitlines()[-1]
+    assert error.startswith("reviewlm: error: ") and "permission denied" in error and "s3://locked/out" in error
+    assert not s3.exists("locked/out/_SUCCESS")

@@ -6,11 +6,23 @@ class UsageError(Exception):
 
 
 def usage_cause(exc: BaseException) -> "UsageError | None":
-    """The UsageError behind `exc`, also when Ray wrapped it in a task error."""
+    """The UsageError behind `exc`, also when Ray wrapped it in a task error.
+
+    A permission error (storage access denied, on the driver or in a worker) counts as one:
+    the fix is the user's (credentials, bucket policy), not a bug.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        inner = getattr(exc, "cause", None)  # Ray's task error wraps the worker's exception
+        if inner is not None:
+            exc = inner
+            continue
         if isinstance(exc, UsageError):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        if isinstance(exc, PermissionError):
+            from reviewlm.io.storage import storage_error
+
+            return UsageError(storage_error(exc))
+        exc = exc.__cause__ or exc.__context__
     return None

@@ -1,5 +1,6 @@
 """Connecting to Ray the same way on a laptop, under `ray job submit` and on a cluster."""
 
+import logging
 import os
 
 import ray
@@ -20,3 +21,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = True
+    _console_without_tracebacks()
+
+
+class _NoTraceback(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
+
+
+def _console_without_tracebacks() -> None:
+    """Ray Data logs a failed task's traceback; keep it in ray-data.log, off the console.
+
+    The error itself reaches the caller (the CLI prints it as one line).
+    """
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler" and handler.formatter is not None:
+            handler.setFormatter(_NoTraceback(handler.formatter._fmt))

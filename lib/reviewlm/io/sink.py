@@ -50,9 +50,13 @@ class RoutedParquetSink(Datasink):
                                                           schema, filesystem=afs)
                     writers[route].write_table(conform(part, schema))
                     rows[route] += part.num_rows
-        finally:
             for w in writers.values():
                 w.close()
+        except PermissionError as exc:  # name the place: the storage error alone does not
+            raise PermissionError(f"writing {self.base_uri}: {exc}") from None
+        finally:
+            for w in writers.values():
+                w.close()  # a no-op when closed
         return {"rows": dict(rows), "counted": {str(k): v for k, v in counted.items()}}
 
     def on_write_complete(self, write_result):

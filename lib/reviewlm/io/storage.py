@@ -94,7 +94,7 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileS
 def storage_error(exc: BaseException) -> str:
     """A short, credential-free description of a storage error."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+    return f"permission denied ({text[:300]})" if isinstance(exc, PermissionError) else text[:300]
 
 
 def fingerprints(files: list[dict], fs: fsspec.AbstractFileSystem | None = None) -> list[dict]:
@@ -144,7 +144,11 @@ class OutputDir:
         return full_uri(self.fs, posixpath.join(self.tmp, sub) if sub else self.tmp)
 
     def prepare(self, resume: bool = False) -> "OutputDir":
-        """Refuse an existing output unless overwrite (or resume, which keeps what is there)."""
+        """Refuse an existing output unless overwrite (or resume, which keeps what is there).
+
+        A probe file is written and removed, so an output we may not write fails now, not
+        after hours of work.
+        """
         try:
             exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
             if exists and resume and self.fs.exists(f"{self.path}/_SUCCESS"):
@@ -154,6 +158,8 @@ class OutputDir:
             if exists and not resume:
                 self.fs.rm(self.path, recursive=True)
             self.fs.makedirs(self.tmp, exist_ok=True)
+            self.fs.pipe(f"{self.tmp}/_probe", b"")
+            self.fs.rm(f"{self.tmp}/_probe")
         except (PermissionError, OSError) as exc:
             if isinstance(exc, UsageError):
                 raise
