@@ -71,7 +71,7 @@ def test_jsonl_quarantines_invalid_lines():
     out = rows(read_jsonl, data)
     assert [(r["_row"], r["_error"] is None) for r in out] == [(1, True), (2, False), (3, False), (4, False), (6, True)]
     assert "invalid JSON" in out[1]["_error"] and "not an object" in out[2]["_error"]
-    assert "not a string" in out[3]["_error"]
+    assert "must be a string, not int" in out[3]["_error"]
 
 
 def test_json_array_and_broken_json_file():

@@ -30,7 +30,9 @@ OPTIONAL = ("rating", "title", "brand", "product")
 BATCH_ROWS = 4096
 MAX_RECORD_LINES = 10_000
 MAX_RECORD_BYTES = 64 << 20
+MAX_TEXT_CHARS = 1_000_000  # a longer "review" is a broken export, not a review: quarantined
 RAW_LIMIT = 10_000  # characters of a broken record kept in quarantine
+csv.field_size_limit(MAX_RECORD_BYTES)  # the default (131,072) would refuse long quoted reviews
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ class _Batcher:
         try:
             text = record.get(c.text)
             if text is not None and not isinstance(text, str):
-                raise ParseError(f"text is a {type(text).__name__}, not a string")
+                raise ParseError(f"text must be a string, not {type(text).__name__}")
+            if text is not None and len(text) > MAX_TEXT_CHARS:
+                raise ParseError(f"text has {len(text):,} characters, more than {MAX_TEXT_CHARS:,}")
             values = {"text": text, "rating": parse_rating(record.get(c.rating))}
             for name in ("title", "brand", "product"):
                 v = record.get(getattr(c, name))
@@ -280,7 +284,10 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
     """Column names of a file from its header, schema or first record (None if unknown)."""
     if fmt == "parquet":
         with fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).schema_arrow.names
+            try:
+                return pq.ParquetFile(f).schema_arrow.names
+            except pa.ArrowInvalid:  # the reader quarantines the file
+                return None
     with fs.open_input_stream(path, compression="detect") as f:
         if fmt in ("csv", "tsv"):
             for _, raw in _content(_records(f)):
@@ -301,14 +308,16 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
 
 
 def check_columns(fs, files: list[dict], required: list[str]) -> None:
-    """UsageError when the first non-empty file of a format lacks a required column."""
+    """UsageError when the first readable file of a format lacks a required column."""
     checked = set()
     for f in files:
         if f["format"] in checked or f["size"] == 0 or f["format"] == "json":
             continue
-        checked.add(f["format"])
         names = _first_columns(fs, f["path"], f["format"])
-        missing = [c for c in required if names is not None and c not in names]
+        if names is None:
+            continue
+        checked.add(f["format"])
+        missing = [c for c in required if c not in names]
         if missing:
             option = "--text-column" if missing[0] == required[0] else "--rating-column"
             raise UsageError(f"no {'text' if option == '--text-column' else 'rating'} column {missing[0]!r} in "
