@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -111,10 +112,21 @@ def fingerprints(files: list[dict], fs: fsspec.AbstractFileSystem | None = None)
     return out
 
 
+USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
 def redact(arguments: dict) -> dict:
-    """Arguments for a manifest, with anything that looks like a secret masked."""
-    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else v)
+    """Arguments for a manifest: secret-named values and `user:password@` in URIs masked."""
+    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else _mask_userinfo(v))
             for k, v in arguments.items()}
+
+
+def _mask_userinfo(value):
+    if isinstance(value, str):
+        return USERINFO.sub("***@", value)
+    if isinstance(value, (list, tuple)):
+        return [_mask_userinfo(v) for v in value]
+    return value
 
 
 @dataclass
