@@ -6,7 +6,8 @@ Prompts are synthesized review sentences with their adjective masked. The pipeli
 one process with torch's default threads (2 here) and `batch_size`; reviewlm runs one actor
 per CPU with micro-batches of the same size. reviewlm's time is the whole job (reading
 prompts, scoring, writing predictions, summary and report) with Ray already started.
-Prints the ratio (target >= 3).
+Prints the ratio (target >= 3), and the per-core ratio: both on one thread, in one
+process, reviewlm's scoring actor called directly on the same prompts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     fill(prompts, batch_size=args.batch_size)
     base = len(prompts) / (time.perf_counter() - start)
     print(f"transformers fill-mask pipeline, batch {args.batch_size}: {base:,.0f} prompts/s", flush=True)
+    per_core(fill, prompts[:4096], args)
 
     import ray
 
@@ -59,6 +61,29 @@ def main() -> None:
     ours = len(prompts) / (time.perf_counter() - start)
     print(f"reviewlm score, 2 actors x 1 CPU: {ours:,.0f} prompts/s (whole job)")
     print(f"ratio reviewlm / pipeline = {ours / base:.2f}   (target >= 3)")
+
+
+def per_core(fill, prompts: list[str], args) -> None:
+    """One thread each: the pipeline vs reviewlm's MaskScorer actor class called in-process."""
+    import numpy as np
+    import torch
+
+    from reviewlm.score.scorer import MaskScorer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    fill(prompts, batch_size=args.batch_size)
+    base = len(prompts) / (time.perf_counter() - start)
+    scorer = MaskScorer(args.model, args.model, False, 10, load_word_sets(None), 20, micro_batch=args.batch_size)
+    batch = {"prompt": np.array(prompts, dtype=object), "prompt_index": np.arange(len(prompts))}
+    start = time.perf_counter()
+    for i in range(0, len(prompts), 4 * args.batch_size):
+        scorer({k: v[i:i + 4 * args.batch_size] for k, v in batch.items()})
+    ours = len(prompts) / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    print(f"one thread: pipeline {base:,.0f} prompts/s, MaskScorer {ours:,.0f} prompts/s, "
+          f"per-core ratio {ours / base:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pandas as pd
 
 from reviewlm.report import plots
 
-MAX_PROMPT_FIGURES = 10
+MAX_PROMPT_FIGURES = 10  # prompts drawn as top-k bars
+MAX_PROMPT_ROWS = 200  # further prompts listed with their top 3; the rest only in predictions/
 NOTES = {"starter": "offline starter: all-MiniLM-L6-v2 weights converted to DistilBERT with a newly "
                     "trained MLM head, not distilbert-base-uncased",
          "tiny": "random 2-layer DistilBERT for tests: its predictions mean nothing"}
@@ -39,6 +40,10 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
         m, h = _table(header, rows)
         md.append(m)
         body.append(h)
+
+    def note(text: str):
+        md.append(f"\n{text}\n")
+        body.append(f"<p>{html.escape(text)}</p>")
 
     def image(name: str, png: bytes, alt: str):
         images[name] = png
@@ -77,15 +82,22 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
     if len(predictions):
         section("Top predictions per prompt")
         order = prompts[prompts["error"].isna()].drop_duplicates("prompt_index").sort_values("prompt_index")
-        for i, row in enumerate(order.itertuples()):
-            p = predictions[predictions["prompt_index"] == row.prompt_index]
+        shown = order.head(MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS)
+        preds = predictions[predictions["prompt_index"].isin(shown["prompt_index"])]
+        by_prompt = {i: g for i, g in preds.groupby("prompt_index", sort=False)}
+        rows = []
+        for i, row in enumerate(shown.itertuples()):
+            p = by_prompt.get(row.prompt_index, preds.iloc[:0])
             if i < MAX_PROMPT_FIGURES:
                 image(f"topk_{row.prompt_index}.png", plots.topk_bars(row.prompt, p, scored, summary["word_sets"]),
                       f"Top fills for: {row.prompt}")
             else:
                 first = p[(p["mask_index"] == 0) & (p["rank"] <= 3)].sort_values(["model", "rank"])
-                table(["prompt", "model", "top 3"], [[row.prompt, m, ", ".join(g["token"])]
-                                                     for m, g in first.groupby("model", sort=False)])
+                rows += [[row.prompt, m, ", ".join(g["token"])] for m, g in first.groupby("model", sort=False)]
+        if rows:
+            table(["prompt", "model", "top 3"], rows)
+        if len(order) > len(shown):
+            note(f"{len(order) - len(shown):,} more prompts: every prediction is in predictions/.")
     for pair, entries in summary.get("substitutions", {}).items():
         section(f"Substitutions: {pair}")
         texts = dict(zip(prompts["prompt_index"], prompts["prompt"])) if len(prompts) else {}

@@ -8,6 +8,7 @@ import time
 import pandas as pd
 import pyarrow.compute as pc
 import ray
+from ray.data import ActorPoolStrategy
 
 from reviewlm.errors import UsageError
 from reviewlm.io.readers import Columns, check_inputs, read_reviews
@@ -81,7 +82,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                 ds = ray.data.from_items([{"prompt": p, "prompt_index": i} for i, p in enumerate(prompts)])
                 ds.map_batches(S.MaskScorer, fn_constructor_args=(name, ref, use_gpu, top_k, word_sets,
                                                                   SUBSTITUTION_PROMPTS),
-                               batch_size=batch_size, batch_format="numpy", concurrency=pool,
+                               batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
                                **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(fs_in, files, columns).map_batches(
@@ -89,7 +90,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                     batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.StarScorer
                 reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
-                                    batch_format="numpy", concurrency=corpus_pool, **per_actor).write_datasink(
+                                    batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool), **per_actor).write_datasink(
                                         RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
         summary = _summary(out, models, paths, task, word_sets)
         from reviewlm.report.render import write_report
