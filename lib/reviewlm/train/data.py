@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
 
@@ -68,7 +69,7 @@ def split_datasets(ds: ray.data.Dataset, bounds: list[tuple[str, float, float]],
     if ds.count() == 0:
         raise UsageError("no usable training rows: every row is quarantined or has no text"
                          + (" or rating" if need_rating else ""))
-    return {name: ds.filter(expr=f"split == '{name}'") for name, _, _ in bounds}
+    return {name: ds.filter(expr=col("split") == name) for name, _, _ in bounds}
 
 
 def require_rows(datasets: dict[str, ray.data.Dataset]) -> dict[str, int]:
