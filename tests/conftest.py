@@ -59,6 +59,27 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def assert_one_line(res: subprocess.CompletedProcess, message: str) -> None:
+    """Exit code 2 and exactly one stderr line, ours, holding `message`; no traceback."""
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert lines[0].startswith("reviewlm: error: ") and message in lines[0], lines[0]
+
+
+def kill_job_when(argv: list, ready, timeout: float = 300) -> None:
+    """Start `argv` in its own process group; once `ready()`, SIGKILL the whole group
+    (the driver and the local Ray it started)."""
+    job = subprocess.Popen(list(map(str, argv)), start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not ready():
+        assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+
+
 class Killer(threading.Thread):
     """SIGKILLs the first PID `find()` returns once `ready()` holds: a fault from outside the job."""
 

@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from tests.conftest import FaultyS3, run_cli
+from tests.conftest import FaultyS3, assert_one_line, run_cli
 
 ONE_CLI_RUN = pytest.mark.slow
 
@@ -52,13 +52,6 @@ CASES = [
     (["synth", "--rows", "0"], "--rows and --shards must be at least 1"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
-
-
-def assert_one_line(res, message):
-    assert res.returncode == 2, res.stderr[-3000:]
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert lines[0].startswith("reviewlm: error: ") and message in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a[:2]) + m[:12] for a, m in CASES])

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import write_synth
-from tests.conftest import BIN, FaultyS3, Killer, run_cli, running_task_pids
+from tests.conftest import BIN, FaultyS3, Killer, kill_job_when, run_cli, running_task_pids
 
 pytestmark = pytest.mark.slow
 COUNTS = ("rows_read", "kept", "rejected", "quarantined", "filters")
@@ -59,13 +57,7 @@ def test_a_filter_job_killed_as_a_whole_leaves_no_success_and_reruns_cleanly(cor
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     argv = [str(BIN / "reviewlm"), "filter", corpus, "--output", str(out), "--recipe", str(tmp_path / "recipe.yaml"),
             "--num-cpus", "2"]
-    job = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(out.glob("_temporary/*/kept/*.parquet")):  # data is being written
-        assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
-        time.sleep(0.2)
-    os.killpg(job.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    job.wait()
+    kill_job_when(argv, ready=lambda: any(out.glob("_temporary/*/kept/*.parquet")), timeout=120)  # while writing
     assert not (out / "_SUCCESS").exists() and not (out / "kept").exists()
 
     rerun = subprocess.run(argv, capture_output=True, text=True)

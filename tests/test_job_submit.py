@@ -15,11 +15,10 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.conftest import BIN, free_port
+from tests.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny", "--rows", "1500", "--max-steps", "3", "--batch-size", "8", "--chunk-size", "32",
-        "--num-workers", "1"]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from reviewlm.score.metrics import substitutions
 from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_word_sets
 from reviewlm.score.scorer import CorpusScorer, MaskScorer, mask_words
 from reviewlm.synth import write_synth
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line, run_cli
 
 WORDS = load_word_sets(None)
 PROMPTS = REFERENCE_PROMPTS + ["The [MASK] from [MASK] are great.", "no mask here", "",
@@ -188,6 +188,4 @@ def test_report_renders_in_headless_chromium(ray_cluster, tiny, tmp_path):
     (["--model", "x=tiny", "--prompts", "/no/such/prompts.txt"], "cannot read prompts"),
 ])
 def test_bad_score_input_exits_2(argv, message, tmp_path):
-    res = run_cli("score", *argv, "--output", tmp_path / "o")
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
+    assert_one_line(run_cli("score", *argv, "--output", tmp_path / "o"), message)

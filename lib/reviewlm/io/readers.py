@@ -319,9 +319,9 @@ def check_columns(fs, files: list[dict], required: list[str]) -> None:
         checked.add(f["format"])
         missing = [c for c in required if c not in names]
         if missing:
-            option = "--text-column" if missing[0] == required[0] else "--rating-column"
-            raise UsageError(f"no {'text' if option == '--text-column' else 'rating'} column {missing[0]!r} in "
-                             f"{f['uri']} (columns: {', '.join(names[:12])}): pass {option}")
+            field = "text" if missing[0] == required[0] else "rating"
+            raise UsageError(f"no {field} column {missing[0]!r} in {f['uri']} "
+                             f"(columns: {', '.join(names[:12])}): pass --{field}-column")
 
 
 def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | None = None,

@@ -92,10 +92,11 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                 reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
                                     batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool), **per_actor).write_datasink(
                                         RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
-        summary = _summary(out, models, paths, task, word_sets)
+        scored_prompts = _read(out, "prompts")
+        summary = _summary(out, models, paths, task, word_sets, scored_prompts)
         from reviewlm.report.render import write_report
 
-        write_report(out, summary, _read(out, "predictions"), _read(out, "prompts"), extras)
+        write_report(out, summary, _read(out, "predictions"), scored_prompts, extras)
         counts = {"models": len(models), "prompts": len(prompts),
                   "reviews": summary.get("corpus_reviews", 0)}
         out.commit(arguments or {}, fingerprints(files), counts, {"summary.json": summary})
@@ -123,10 +124,11 @@ def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
     return pool, {"num_cpus": 1}, min(pool, cpus - 1)
 
 
-def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: dict) -> dict:
+def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: dict,
+             prompts: pd.DataFrame) -> dict:
     from transformers import AutoTokenizer
 
-    masks, prompts = _read(out, "masks"), _read(out, "prompts")
+    masks = _read(out, "masks")
     summary = {"task": task, "word_sets": word_sets,
                "models": {name: {"ref": ref, "path": paths[name]} for name, ref in models.items()}}
     if len(masks):
