@@ -22,7 +22,7 @@ from reviewlm.models import resolve_model
 from reviewlm.synth import synth_rows, write_synth
 from reviewlm.train.data import tokenize_and_chunk
 from reviewlm.train.job import TrainArgs, train_model
-from reviewlm.train.loop import load_model, mlm_collate
+from reviewlm.train.loop import MLMCollate, load_model
 
 
 def plain_loop(model_path: str, chunks: dict, batch: int, steps: int) -> float:
@@ -34,7 +34,7 @@ def plain_loop(model_path: str, chunks: dict, batch: int, steps: int) -> float:
     tok = AutoTokenizer.from_pretrained(model_path)
     model = load_model("mlm", model_path).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    collate = mlm_collate(tok, 0.2, whole_word=True, seed=None)
+    collate = MLMCollate(tok, 0.2, whole_word=True, seed=None)
     n = len(chunks["input_ids"])
     start = None
     for step in range(steps + 1):

@@ -11,7 +11,7 @@ from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
 from reviewlm.train.data import tokenize_and_chunk
 from reviewlm.train.job import TrainArgs, star_metrics, train_model
-from reviewlm.train.loop import mlm_collate
+from reviewlm.train.loop import MLMCollate
 from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, run_cli
 
 
@@ -29,7 +29,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
     tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
     text = ["unbelievably breathable sneakers from underarmour feel weightless " * 8]
     chunk = tokenize_and_chunk({"text": np.array(text, dtype=object)}, tok, 32)
-    batch = mlm_collate(tok, 0.3, whole_word=True, seed=1)(chunk)
+    batch = MLMCollate(tok, 0.3, whole_word=True, seed=1)(chunk)
     ids, labels = torch.as_tensor(chunk["input_ids"]), batch["labels"]
     masked = labels != -100
     assert masked.any() and (batch["input_ids"][masked] == tok.mask_token_id).all()

@@ -105,15 +105,19 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
     try:
         started = time.time()
         init_ray(address, num_cpus)
+        ray_start = time.time() - started
         ds = read_reviews(fs, files, columns)
         if any(isinstance(leaf, Dedup) for leaf in recipe.leaves()):
             ds = mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
+        # One batch per block (at most DataContext.target_max_block_size): a batch_size
+        # would keep Ray Data from fusing the read into this step and the write.
         ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
-                            batch_format="pyarrow", batch_size=2048)
+                            batch_format="pyarrow", batch_size=None)
         sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_column="dropped_by")
         ds.write_datasink(sink)
         result = sink.result
         stats = _stats(recipe, mode, result, time.time() - started)
+        stats["ray_start_s"] = round(ray_start, 3)
         if stats["rows_read"] == 0:
             raise UsageError(f"input has no rows: {', '.join(f['uri'] for f in files[:3])}")
         counts = {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")}

@@ -338,9 +338,10 @@ def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | Non
 def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.data.Dataset:
     """The canonical review dataset: one row per record, quarantined ones included.
 
-    With at least two files per CPU, each file is one block, so reading fuses with the
-    steps after it into one streaming task per file (no hand-off through the object store).
-    With fewer, larger files Ray splits what is read so the steps after it run in parallel.
+    With at least two files per CPU, each file is one read task, which Ray Data fuses with
+    the map steps after it (those without a `batch_size`) into one task per file, with no
+    hand-off through the object store. With fewer, larger files Ray splits what is read so
+    the steps after it run in parallel.
     """
     cpus = int(ray.cluster_resources().get("CPU", 1))
     blocks = len(files) if len(files) >= 2 * cpus else None

@@ -38,6 +38,8 @@ class RoutedParquetSink(Datasink):
         tag = f"{self.prefix}{ctx.task_idx:05d}"
         try:
             for block in blocks:
+                if block.num_rows == 0:  # e.g. from an empty input file: no columns to route on
+                    continue
                 if self.count_column:
                     counted.update(v for v in block[self.count_column].to_pylist())
                 for route, schema in self.routes.items():

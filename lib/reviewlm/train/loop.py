@@ -13,6 +13,7 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint
 
 STATE = "train_state.pt"
@@ -28,23 +29,28 @@ def load_model(task: str, path: str):
         id2label={i: f"{i + 1} stars" for i in range(5)}, label2id={f"{i + 1} stars": i for i in range(5)})
 
 
-def mlm_collate(tokenizer, mlm_probability: float, whole_word: bool, seed: int | None):
-    from transformers import DataCollatorForLanguageModeling
+class MLMCollate(NumpyBatchCollateFn):
+    """Masks a batch of token blocks with transformers' MLM collator (whole words if asked)."""
 
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
-                                               whole_word_mask=whole_word, seed=seed)
+    def __init__(self, tokenizer, mlm_probability: float, whole_word: bool, seed: int | None):
+        from transformers import DataCollatorForLanguageModeling
 
-    def collate(batch: dict) -> dict:
-        inputs, labels = collator.torch_mask_tokens(
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
+                                                        whole_word_mask=whole_word, seed=seed)
+        self.whole_word = whole_word
+
+    def __call__(self, batch: dict) -> dict:
+        inputs, labels = self.collator.torch_mask_tokens(
             torch.as_tensor(batch["input_ids"]), special_tokens_mask=torch.as_tensor(batch["special_tokens_mask"]),
-            offset_mapping=torch.as_tensor(batch["offset_mapping"]) if whole_word else None)
+            offset_mapping=torch.as_tensor(batch["offset_mapping"]) if self.whole_word else None)
         return {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
 
-    return collate
 
+class StarsCollate(NumpyBatchCollateFn):
+    """Token ids, attention mask and 0-4 star labels as tensors."""
 
-def stars_collate(batch: dict) -> dict:
-    return {k: torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")}
+    def __call__(self, batch: dict) -> dict:
+        return {k: torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")}
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -108,10 +114,10 @@ def train_func(config: dict) -> None:
     total = config["total_steps"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * total), total)
     if config["task"] == "mlm":
-        collate = mlm_collate(tokenizer, config["mask_probability"], config["whole_word"], None)
-        eval_collate = mlm_collate(tokenizer, config["mask_probability"], config["whole_word"], config["seed"])
+        collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"], None)
+        eval_collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"], config["seed"])
     else:
-        collate = eval_collate = stars_collate
+        collate = eval_collate = StarsCollate()
 
     epoch, step, history = 0, 0, {"before": None, "epochs": [], "restarts": []}
     checkpoint = ray.train.get_checkpoint()
