@@ -1,7 +1,6 @@
 """VADER sentiment from nltk, with the lexicon shipped by the vaderSentiment package."""
 
 import functools
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -13,15 +12,10 @@ VADER_FIELDS = ("compound", "pos", "neu", "neg")
 
 @functools.cache
 def analyzer():
-    """nltk's SentimentIntensityAnalyzer, built once per process, offline."""
-    import nltk
-    import vaderSentiment
-    from nltk.sentiment.vader import SentimentIntensityAnalyzer
+    """The VADER analyzer, built once per process: nltk's scores, offline (see `vader`)."""
+    from reviewlm.filters import vader
 
-    folder = os.path.dirname(vaderSentiment.__file__)
-    if folder not in nltk.data.path:
-        nltk.data.path.insert(0, folder)
-    return SentimentIntensityAnalyzer(lexicon_file="vader_lexicon.txt")
+    return vader.load()
 
 
 def vader_scores(texts: list) -> dict[str, np.ndarray]:
