@@ -34,7 +34,7 @@ def plain_loop(model_path: str, chunks: dict, batch: int, steps: int) -> float:
     tok = AutoTokenizer.from_pretrained(model_path)
     model = load_model("mlm", model_path).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    collate = MLMCollate(tok, 0.2, whole_word=True, seed=None)
+    collate = MLMCollate(tok, 0.2, whole_word=True, seed=0)
     n = len(chunks["input_ids"])
     start = None
     for step in range(steps + 1):

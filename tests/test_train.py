@@ -74,6 +74,16 @@ def test_mlm_lowers_perplexity_and_exports_a_fill_mask_model(mlm_run):
     assert not (out / "model" / "train_state.pt").exists()
 
 
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
+    """Fixed shards per rank, own mask generators: a second run repeats the first exactly."""
+    first, again = mlm_run[1], train_model([corpus], str(tmp_path / "again"), TrainArgs(**ARGS))
+    assert again["perplexity_before"] == first["perplexity_before"]
+    losses = [(e["train_loss"], e["eval_loss"]) for e in first["epochs"]]
+    assert [(e["train_loss"], e["eval_loss"]) for e in again["epochs"]] == losses
+    assert len(set(losses)) == 3  # and the epochs differ from each other
+
+
 def checkpoints(out) -> list:
     return [p for p in (out / "checkpoints" / "run").glob("checkpoint_*") if p.is_dir()]
 

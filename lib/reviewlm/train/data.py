@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from ray.data.expressions import col
+from ray.train import DataConfig
 
 from reviewlm.errors import UsageError
 
@@ -79,3 +80,21 @@ def require_rows(datasets: dict[str, ray.data.Dataset]) -> dict[str, int]:
         raise UsageError(f"the {', '.join(empty)} split is empty after splitting {counts}: "
                          "give more data or change the split fractions")
     return counts
+
+
+class FixedShards(DataConfig):
+    """Rank i trains on shard i: the same rows in the same order on every run and restart.
+
+    Ray Train's default `streaming_split` hands each block to whichever worker asks first,
+    so two runs train on different shards. Here the datasets are materialized in input
+    order (`preserve_order`) and cut by `Dataset.split(equal=True)` before the workers
+    start: the cut runs Ray tasks, which would wait forever for the CPUs the workers hold.
+    No locality hints: on a cluster, a worker may read its shard from another node.
+    """
+
+    def __init__(self, datasets: dict[str, ray.data.Dataset], world_size: int):
+        super().__init__()
+        self.shards = {name: ds.split(world_size, equal=True) for name, ds in datasets.items()}
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        return [{name: self.shards[name][rank].iterator() for name in datasets} for rank in range(world_size)]

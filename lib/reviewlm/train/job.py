@@ -58,6 +58,7 @@ class TrainArgs:
 
 
 def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict]:
+    ds.context.execution_options.preserve_order = True  # the same blocks in the same order every run
     if args.task == "mlm":
         bounds = [("eval", 0.0, args.eval_fraction), ("train", args.eval_fraction, 1.0)]
     else:  # 64/16/20: the same fractions within every rating (a hash split independent of rating)
@@ -109,7 +110,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
                                 resources_per_worker=None if args.use_gpu else {"CPU": 1})
         # the same run name and storage: Ray Train continues from the latest checkpoint there
         trainer = TorchTrainer(train_func, train_loop_config=config, scaling_config=scaling,
-                               run_config=run_config, datasets=splits)
+                               run_config=run_config, datasets=splits,
+                               dataset_config=data.FixedShards(splits, args.num_workers))
         result = trainer.fit()
         metrics = _metrics(result, args, model_path, counts)
         _export(result, out)

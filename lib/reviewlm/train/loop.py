@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import ray.train
@@ -32,11 +33,13 @@ def load_model(task: str, path: str):
 class MLMCollate(NumpyBatchCollateFn):
     """Masks a batch of token blocks with transformers' MLM collator (whole words if asked)."""
 
-    def __init__(self, tokenizer, mlm_probability: float, whole_word: bool, seed: int | None):
+    def __init__(self, tokenizer, mlm_probability: float, whole_word: bool, seed: int):
         from transformers import DataCollatorForLanguageModeling
 
         self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
                                                         whole_word_mask=whole_word, seed=seed)
+        # its own generator: `torch_mask_tokens`, called directly, would use torch's global one
+        self.collator.generator = torch.Generator().manual_seed(seed)
         self.whole_word = whole_word
 
     def __call__(self, batch: dict) -> dict:
@@ -60,10 +63,9 @@ def _all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def evaluate(model, shard, collate, batch_size: int, device, autocast, seed: int, want_predictions: bool = False):
+def evaluate(model, shard, collate, batch_size: int, device, autocast, want_predictions: bool = False):
     """Token-weighted mean loss over the shards of all workers (and predictions if asked)."""
     model.eval()
-    torch.manual_seed(seed)  # the same masks for every evaluation
     loss_sum = count = 0.0
     preds, labels = [], []
     with torch.inference_mode():
@@ -114,10 +116,15 @@ def train_func(config: dict) -> None:
     total = config["total_steps"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * total), total)
     if config["task"] == "mlm":
-        collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"], None)
-        eval_collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"], config["seed"])
+        # Masks from generators of their own, not from torch's global one, which dropout draws
+        # from while Ray Data collates in a background thread: the same masks every run. A
+        # fresh evaluation collator each time: the same masks for every evaluation.
+        collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"],
+                             config["seed"] + 1 + ctx.get_world_rank())
+        eval_collate = partial(MLMCollate, tokenizer, config["mask_probability"], config["whole_word"], config["seed"])
     else:
-        collate = eval_collate = StarsCollate()
+        collate = StarsCollate()
+        eval_collate = StarsCollate
 
     epoch, step, history = 0, 0, {"before": None, "epochs": [], "restarts": []}
     checkpoint = ray.train.get_checkpoint()
@@ -133,7 +140,7 @@ def train_func(config: dict) -> None:
     train_shard, eval_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
     bs = config["batch_size"]
     if history["before"] is None:
-        loss, _ = evaluate(model, eval_shard, eval_collate, bs, device, autocast, config["seed"])
+        loss, _ = evaluate(model, eval_shard, eval_collate(), bs, device, autocast)
         history["before"] = {"eval_loss": loss, "perplexity": _ppl(loss)}
     while epoch < config["epochs"] and step < total:
         losses, timer = [], None
@@ -159,14 +166,14 @@ def train_func(config: dict) -> None:
         elapsed = time.perf_counter() - timer if timer else 0.0
         samples = (len(losses) - timed_from) * bs * ctx.get_world_size() if timer else 0
         train_loss = _all_sum([sum(losses), len(losses)], device)
-        loss, _ = evaluate(model, eval_shard, eval_collate, bs, device, autocast, config["seed"])
+        loss, _ = evaluate(model, eval_shard, eval_collate(), bs, device, autocast)
         history["epochs"].append({"epoch": epoch, "step": step, "train_loss": train_loss[0] / max(train_loss[1], 1),
                                   "eval_loss": loss, "perplexity": _ppl(loss),
                                   "samples_per_s": round(samples / elapsed, 2) if elapsed else None})
         metrics = {"epoch": epoch, "step": step, "eval_loss": loss, "history": json.dumps(history)}
         if config["task"] == "stars" and (epoch >= config["epochs"] or step >= total):
-            test_loss, (preds, labels) = evaluate(model, ray.train.get_dataset_shard("test"), eval_collate, bs,
-                                                  device, autocast, config["seed"], want_predictions=True)
+            test_loss, (preds, labels) = evaluate(model, ray.train.get_dataset_shard("test"), eval_collate(), bs,
+                                                  device, autocast, want_predictions=True)
             metrics["test"] = json.dumps({"loss": test_loss, "predictions": preds.tolist(), "labels": labels.tolist()})
         with tempfile.TemporaryDirectory() as d:
             if ctx.get_world_rank() == 0:
