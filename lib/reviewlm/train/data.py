@@ -95,6 +95,9 @@ class FixedShards(DataConfig):
     def __init__(self, datasets: dict[str, ray.data.Dataset], world_size: int):
         super().__init__()
         self.shards = {name: ds.split(world_size, equal=True) for name, ds in datasets.items()}
+        for parts in self.shards.values():
+            for part in parts:  # reading a materialized shard: no progress bar per epoch in the log
+                part.context.enable_progress_bars = False
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         return [{name: self.shards[name][rank].iterator() for name in datasets} for rank in range(world_size)]
