@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
-
 from nltk.sentiment.vader import SentimentIntensityAnalyzer
 
 from reviewlm import words

@@ -47,5 +47,6 @@ def test_scores_equal_nltk_on_reviews_and_punctuation_soup(analyzers):
     texts += soup(random.Random(0), 3000) + ["", "   ", "a", "!!!"]
     args = (stock.constants.PUNC_LIST, stock.constants.REGEX_REMOVE_PUNCTUATION)
     for text in texts:
-        assert vader.LinearSentiText(text, *args).words_and_emoticons == SentiText(text, *args).words_and_emoticons, text
+        tokens = SentiText(text, *args).words_and_emoticons
+        assert vader.LinearSentiText(text, *args).words_and_emoticons == tokens, text
         assert fast.polarity_scores(text) == stock.polarity_scores(text), text
