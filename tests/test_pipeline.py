@@ -1,6 +1,7 @@
 """The pipeline job end to end: the demo with tiny settings."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -28,3 +29,23 @@ def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path):
     assert "Filter funnel" in html and "Training" in html
     for stage in ("corpus", "filter", "train_v1", "train_v2", "score", "."):
         assert (out / stage / "_SUCCESS").exists()
+    assert_readable(res.stdout + res.stderr)
+
+
+def assert_readable(console: str) -> None:
+    """A console a person reads: few lines, none repeated (Ray's own lines go to its log files)."""
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert len(lines) < 80, console[-5000:]
+    line, times = Counter(lines).most_common(1)[0]
+    assert times <= 3, (line, times)
+
+
+def test_a_failing_stage_shows_its_error_in_one_line(tmp_path):
+    """Ray is up when training fails: the error still ends the console, alone and readable."""
+    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--chunk-size", "100000", "--num-cpus", "2")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "[3/6] fine-tuning v1" in res.stdout and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("reviewlm: error: ") and "--chunk-size 100000" in last, res.stderr[-3000:]
+    assert_readable(res.stdout + res.stderr)
+    assert not (tmp_path / "demo" / "_SUCCESS").exists()

@@ -2,15 +2,18 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 
+from reviewlm.metrics import confusion_matrix, star_metrics
 from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
-from reviewlm.train.data import tokenize_and_chunk
-from reviewlm.train.job import TrainArgs, star_metrics, train_model
+from reviewlm.train.data import mask_eval_blocks, split_bucket, tokenize_and_chunk
+from reviewlm.train.job import TrainArgs, train_model
 from reviewlm.train.loop import MLMCollate
 from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, run_cli
 
@@ -23,16 +26,22 @@ def corpus(tmp_path_factory):
     return str(path)
 
 
-def test_whole_word_masking_masks_every_piece_of_a_word():
+@pytest.fixture(scope="module")
+def tok():
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model("tiny"))
+    return AutoTokenizer.from_pretrained(resolve_model("tiny"))
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word(tok):
     text = ["unbelievably breathable sneakers from underarmour feel weightless " * 8]
     chunk = tokenize_and_chunk({"text": np.array(text, dtype=object)}, tok, 32)
+    assert chunk["input_ids"].dtype == chunk["word_ids"].dtype == np.int32  # 8 bytes a token
     batch = MLMCollate(tok, 0.3, whole_word=True, seed=1)(chunk)
     ids, labels = torch.as_tensor(chunk["input_ids"]), batch["labels"]
     masked = labels != -100
     assert masked.any() and (batch["input_ids"][masked] == tok.mask_token_id).all()
+    assert (labels[masked] == ids[masked]).all()
     pieces = [tok.convert_ids_to_tokens(int(i)) for i in ids.flatten()]
     assert any(p.startswith("##") for p in pieces)
     flat = masked.flatten().tolist()
@@ -41,10 +50,74 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
             assert flat[i] == flat[i - 1], (pieces[i - 1], piece)
 
 
+def test_punctuation_is_a_word_of_its_own(tok):
+    """BERT's whole-word masking: "comfortable." is two words; masking one never masks the other with it."""
+    chunk = tokenize_and_chunk({"text": np.array(["Nike shoes are very comfortable."] * 64, dtype=object)}, tok, 8)
+    tokens = tok.convert_ids_to_tokens(chunk["input_ids"][0].tolist())
+    assert tokens == ["[CLS]", "nike", "shoes", "are", "very", "comfortable", ".", "[SEP]"]
+    masker = MLMCollate(tok, 0.5, whole_word=True, seed=7)
+    both = adjective_only = period_only = 0
+    for _ in range(20):
+        m = (masker(chunk)["labels"] != -100).numpy()
+        adjective, period = m[:, 5], m[:, 6]
+        both += int((adjective & period).sum())
+        adjective_only += int((adjective & ~period).sum())
+        period_only += int((period & ~adjective).sum())
+        assert not m[:, [0, 7]].any()  # never a special token
+    # drawn independently at 0.5 each: about a quarter of the blocks in each case
+    assert min(both, adjective_only, period_only) > 0.15 * 64 * 20, (both, adjective_only, period_only)
+
+
+def test_masking_leaves_the_stored_blocks_as_they_were(ray_cluster, tok):
+    """Ray hands batches that are views of its object store: masks must go into copies."""
+    chunk = tokenize_and_chunk({"text": np.array(["Nike running shoes are very comfortable."] * 200,
+                                                 dtype=object)}, tok, 16)
+    ds = ray.data.from_items([{"input_ids": a, "word_ids": w} for a, w in zip(chunk["input_ids"], chunk["word_ids"])])
+    ds = ds.materialize()
+    before = np.stack([r["input_ids"] for r in ds.iter_rows()])
+    masker = MLMCollate(tok, 0.3, whole_word=True, seed=1)
+    masked = 0
+    for _ in range(2):
+        for batch in ds.iterator().iter_torch_batches(batch_size=16, collate_fn=masker):
+            masked += int((batch["input_ids"] == tok.mask_token_id).sum())
+    after = np.stack([r["input_ids"] for r in ds.iter_rows()])
+    assert masked > 100 and after.tobytes() == before.tobytes()
+
+
+def test_eval_masks_do_not_depend_on_batching(tok):
+    chunk = tokenize_and_chunk({"text": np.array(["Nike hoodies are warm and durable."] * 40, dtype=object)}, tok, 16)
+    whole = mask_eval_blocks(chunk, tok, 0.2, True, seed=42)
+    parts = [mask_eval_blocks({k: v[i:i + 3] for k, v in chunk.items()}, tok, 0.2, True, seed=42)
+             for i in range(0, len(chunk["input_ids"]), 3)]
+    for key in ("input_ids", "labels"):
+        assert (np.concatenate([p[key] for p in parts]) == whole[key]).all()
+    assert (whole["labels"] != -100).any()
+
+
 def test_star_metrics_by_hand():
-    m = star_metrics(np.array([0, 1, 4, 2, 3]), np.array([0, 2, 4, 4, 3]))
-    assert m["accuracy"] == 0.6 and m["within_one_accuracy"] == 0.8
+    m = star_metrics(confusion_matrix([0, 2, 4, 4, 3], [0, 1, 4, 2, 3]))
+    assert m["accuracy"] == 0.6 and m["within_one_accuracy"] == 0.8 and m["n"] == 5
     assert m["binary_accuracy"] == 0.8 and m["confusion_matrix"][4][2] == 1 and m["f1_per_class"]["1"] == 1.0
+    assert m["majority_baseline"] == 0.4
+
+
+def independent_eval_loss(out, corpus: str, eval_fraction: float, tok, model_dir=None) -> float:
+    """The eval loss of model/ (or `model_dir`) on eval/, outside Ray; eval/ checked against the eval rows."""
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForMaskedLM
+
+    blocks = pq.read_table(out / "eval").to_pydict()
+    inputs, labels = torch.tensor(blocks["input_ids"]), torch.tensor(blocks["labels"])
+    restored = torch.where(labels != -100, labels, inputs)
+    assert (inputs[labels != -100] == tok.mask_token_id).all() and not (restored == tok.mask_token_id).any()
+    rows = [json.loads(line) for f in sorted(Path(corpus).glob("*.jsonl")) for line in f.open()]
+    held_out = [r["text"] for r in rows if split_bucket([r["id"]], 42)[0] < eval_fraction]
+    stream = np.concatenate([np.asarray(ids, np.int32) for ids in tok(held_out)["input_ids"]]).tobytes()
+    assert all(np.asarray(b, np.int32).tobytes() in stream for b in restored.tolist())  # eval rows, in order
+    model = AutoModelForMaskedLM.from_pretrained(model_dir or out / "model").eval()
+    with torch.inference_mode():
+        logits = model(input_ids=inputs).logits
+    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
 
 
 ARGS = dict(model="tiny", epochs=3, batch_size=16, lr=1e-3, chunk_size=32, num_workers=2)
@@ -68,10 +141,32 @@ def test_mlm_lowers_perplexity_and_exports_a_fill_mask_model(mlm_run):
     assert saved["perplexity_before"] == metrics["perplexity_before"]
     assert (out / "_SUCCESS").exists() and (out / "loss.png").stat().st_size > 5000
     checkpoints = [p for p in (out / "checkpoints" / "run").glob("checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == 2  # the last two are kept
+    assert 2 <= len(checkpoints) <= 3  # the best two, and the latest
     fill = pipeline("fill-mask", model=str(out / "model"))
     assert len(fill("Nike shoes are very [MASK].", top_k=5)) == 5
     assert not (out / "model" / "train_state.pt").exists()
+
+
+@pytest.mark.slow
+def test_reported_eval_loss_equals_an_independent_computation(mlm_run, corpus, tok):
+    """A small eval set over several epochs: model/ (the best epoch) scored outside Ray on eval/."""
+    out, metrics = mlm_run
+    losses = [e["eval_loss"] for e in metrics["epochs"]]
+    assert metrics["best"]["eval_loss"] == min(losses) and metrics["best_epoch"] == 1 + losses.index(min(losses))
+    assert losses == sorted(losses, reverse=True)  # the eval data is no longer corrupted by training
+    assert metrics["rows"]["eval_blocks"] < 60
+    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
+    before = independent_eval_loss(out, corpus, 0.1, tok, model_dir=resolve_model("tiny"))
+    assert before == pytest.approx(metrics["eval_loss_before"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_reported_eval_loss_on_a_larger_eval_set(ray_cluster, corpus, tok, tmp_path):
+    out = tmp_path / "large-eval"
+    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": 2, "max_steps": 6,
+                                                           "eval_fraction": 0.5}))
+    assert metrics["rows"]["eval_blocks"] > 150
+    assert independent_eval_loss(out, corpus, 0.5, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
 
 
 @pytest.mark.slow
@@ -124,17 +219,28 @@ def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_star_classifier_beats_the_majority_class(ray_cluster, corpus, tmp_path):
-    out = tmp_path / "stars"
-    metrics = train_model([corpus], str(out), TrainArgs(task="stars", model="tiny", epochs=4, batch_size=16,
-                                                         lr=2e-3, max_length=32, num_workers=2))
+def test_star_classifier_with_the_defaults_learns_from_1000_reviews(ray_cluster, tmp_path):
+    """2 epochs with the default batch and learning rate on 1,000 reviews of 20-60 words: the
+    best epoch's model (model/) beats the majority class clearly, also scored anew outside the job."""
+    from transformers import pipeline
+
+    data, out = tmp_path / "reviews", tmp_path / "stars"
+    write_synth(str(data), 1000, seed=5, min_words=20, max_words=60)
+    metrics = train_model([str(data)], str(out), TrainArgs(task="stars", model="starter", epochs=2))
+    assert metrics["warnings"] and "optimizer steps" in metrics["warnings"][0]  # 40 steps: said so
     test = metrics["test"]
     assert test["n"] > 150 and sum(map(sum, test["confusion_matrix"])) == test["n"]
-    assert test["accuracy"] > test["majority_baseline"] + 0.1, test
-    assert test["within_one_accuracy"] >= test["accuracy"]
-    assert (out / "confusion.png").exists()
-    splits = metrics["rows"]
-    assert abs(splits["train"] / sum(splits.values()) - 0.64) < 0.05
+    assert test["accuracy"] > test["majority_baseline"] + 0.08, test
+    assert test["binary_accuracy"] > 0.7 and test["within_one_accuracy"] >= test["accuracy"]
+    assert "perplexity" not in metrics["best"] and {"eval_loss", "eval_accuracy"} <= set(metrics["best"])
+    assert metrics["best"]["eval_loss"] == min(e["eval_loss"] for e in metrics["epochs"])
+    assert (out / "confusion.png").exists() and abs(metrics["rows"]["train"] / 1000 - 0.64) < 0.05
+    rows = [json.loads(line) for line in (data / "part-00000.jsonl").open()]
+    test_rows = [r for r in rows if 0.8 <= split_bucket([r["id"]], 42)[0]]
+    classify = pipeline("text-classification", model=str(out / "model"))
+    predicted = [int(p["label"][0]) for p in classify([r["text"] for r in test_rows])]
+    accuracy = np.mean([p == r["rating"] for p, r in zip(predicted, test_rows)])
+    assert len(test_rows) == test["n"] and accuracy == pytest.approx(test["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from reviewlm.errors import UsageError, usage_cause
+from reviewlm.runtime import VERBOSE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +22,7 @@ class _Parser(argparse.ArgumentParser):
 def _ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all cores)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the console too")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -68,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64, help="per worker")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=16, help="per worker")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5 for mlm, 2e-4 for stars)")
     p.add_argument("--chunk-size", type=int, default=128, help="MLM: tokens per training block")
     p.add_argument("--max-length", type=int, default=128, help="stars: tokens per review")
     p.add_argument("--mlm-probability", type=float, default=0.15, help="token masking (when --whole-word-mask 0)")
     p.add_argument("--whole-word-mask", type=float, default=0.2, help="whole-word masking probability; 0: off")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="MLM held-out fraction")
+    p.add_argument("--max-eval-samples", type=int, help="evaluate on at most this many blocks or reviews")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="AMP on GPU")
@@ -156,21 +159,32 @@ def run_train(args) -> dict:
                       batch_size=args.batch_size, lr=args.lr, chunk_size=args.chunk_size,
                       max_length=args.max_length, mlm_probability=args.mlm_probability,
                       whole_word_mask=args.whole_word_mask, eval_fraction=args.eval_fraction,
+                      max_eval_samples=args.max_eval_samples,
                       num_workers=args.num_workers, use_gpu=args.use_gpu, precision=args.precision,
                       seed=args.seed)
     columns = Columns(text=args.text_column, id=args.id_column, rating=args.rating_column)
     metrics = train_model(args.data, args.output, targs, columns=columns, fmt=args.format, storage=args.storage,
                           overwrite=args.overwrite, resume=args.resume, address=args.address,
                           num_cpus=args.num_cpus, arguments=vars(args))
-    last = metrics["epochs"][-1] if metrics["epochs"] else {}
-    print(f"{args.task} on {metrics['model']}: perplexity {metrics['perplexity_before']:.2f} before, "
-          f"{last.get('perplexity', float('nan')):.2f} after {last.get('epoch', 0)} epoch(s)")
-    if "test" in metrics:
-        t = metrics["test"]
-        print(f"test: accuracy {t['accuracy']:.3f}, binary {t['binary_accuracy']:.3f}, "
-              f"within one {t['within_one_accuracy']:.3f} (majority baseline {t['majority_baseline']:.3f})")
+    print(format_training(metrics))
     print(f"wrote {args.output}")
     return metrics
+
+
+def format_training(metrics: dict) -> str:
+    """Before and after (the best epoch, which model/ holds), and the test split for stars."""
+    best = metrics["best"]
+    if metrics["task"] == "mlm":
+        what = f"perplexity {metrics['perplexity_before']:.2f} before, {best['perplexity']:.2f}"
+    else:
+        what = f"eval loss {metrics['eval_loss_before']:.3f} before, {best['eval_loss']:.3f}"
+    lines = [f"{metrics['task']} on {metrics['model']}: {what} after epoch {best['epoch']} of "
+             f"{metrics['epochs'][-1]['epoch']} (model/ holds the best epoch)"]
+    if "test" in metrics:
+        t = metrics["test"]
+        lines.append(f"test: accuracy {t['accuracy']:.3f}, binary {t['binary_accuracy']:.3f}, "
+                     f"within one {t['within_one_accuracy']:.3f} (majority baseline {t['majority_baseline']:.3f})")
+    return "\n".join(lines)
 
 
 def run_score(args) -> dict:
@@ -252,6 +266,8 @@ COMMANDS = {"filter": run_filter, "train": run_train, "score": run_score, "pipel
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "verbose", False):
+            os.environ[VERBOSE] = "1"
         COMMANDS[args.command](args)
         return 0
     except SystemExit as exc:  # --help

@@ -62,9 +62,9 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
             log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({args.train.model or 'distilbert-base-uncased'}) "
                 f"-> {base}/train_{name}")
             trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns)
-            last = trained[name]["epochs"][-1]
-            log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {last['perplexity']:.2f} "
-                f"after {last['step']} steps")
+            best = trained[name]["best"]
+            log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {best['perplexity']:.2f} "
+                f"after {best['step']} steps")
         log(f"[{next(step)}/{stages}] scoring base, v1 and v2 -> {base}/score")
         summary = score_models({"base": args.train.model or "distilbert-base-uncased",
                                 "v1": f"{base}/train_v1/model", "v2": f"{base}/train_v2/model"},
@@ -73,7 +73,7 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
                                filter_stats=f"{base}/filter/stats.json")
         result = {"filter": {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")},
                   "train": {n: {"perplexity_before": m["perplexity_before"],
-                                "perplexity_after": m["epochs"][-1]["perplexity"],
+                                "perplexity_after": m["best"]["perplexity"], "best_epoch": m["best_epoch"],
                                 "steps": m["epochs"][-1]["step"]} for n, m in trained.items()},
                   "score": {n: {k: m.get(k) for k in ("wanted_share", "unwanted_share", "wanted_mass",
                                                       "unwanted_mass", "mean_filled_vader")}

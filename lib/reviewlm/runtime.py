@@ -2,8 +2,9 @@
 
 import logging
 import os
+import sys
 
-import ray
+VERBOSE = "REVIEWLM_VERBOSE"  # set by `--verbose`: Ray's own log lines on the console too
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -12,16 +13,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     Under `ray job submit`, RAY_ADDRESS is set and the job joins that cluster; `auto`
     joins a cluster started with `ray start`. Otherwise a new local Ray is started with
     `num_cpus` (default: all cores of this machine), never a stray running one.
+
+    Ray's log lines (its workers', Ray Data's and Ray Train's) go to the session's log
+    files, named once on the console, unless REVIEWLM_VERBOSE is set.
     """
+    import ray
+
     if ray.is_initialized():
         return
+    verbose = bool(os.environ.get(VERBOSE))
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = True
-    _console_without_tracebacks()
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+        if not verbose:
+            print(f"Ray logs: {ray._private.worker.global_worker.node.get_logs_dir_path()} "
+                  "(--verbose to show them here)", file=sys.stderr)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose or sys.stderr.isatty()
+    _quiet_console(verbose)
 
 
 class _NoTraceback(logging.Formatter):
@@ -29,11 +40,14 @@ class _NoTraceback(logging.Formatter):
         return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
 
 
-def _console_without_tracebacks() -> None:
-    """Ray Data logs a failed task's traceback; keep it in ray-data.log, off the console.
+def _quiet_console(verbose: bool) -> None:
+    """Ray Data's console lines: warnings and errors only, unless verbose; never a traceback.
 
-    The error itself reaches the caller (the CLI prints it as one line).
+    A failed task's traceback stays in ray-data.log; the error itself reaches the caller
+    (the CLI prints it as one line).
     """
     for handler in logging.getLogger("ray.data").handlers:
         if type(handler).__name__ == "PlainRayHandler" and handler.formatter is not None:
             handler.setFormatter(_NoTraceback(handler.formatter._fmt))
+            if not verbose:
+                handler.setLevel(logging.WARNING)

@@ -68,15 +68,20 @@ def substitution_bars(title: str, entry: dict) -> bytes:
 
 
 def loss_curve(metrics: dict) -> bytes:
+    """Train and eval loss, and eval perplexity (masked LM) or accuracy, per epoch; model/ is the best."""
     epochs = metrics["epochs"]
     xs = [0] + [e["epoch"] for e in epochs]
+    second = "perplexity" if "perplexity_before" in metrics else "eval_accuracy"
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(xs[1:], [e["train_loss"] for e in epochs], "o-", label="train loss")
     a.plot(xs, [metrics["eval_loss_before"]] + [e["eval_loss"] for e in epochs], "s-", label="eval loss")
+    b.plot(xs, [metrics[f"{second}_before"]] + [e[second] for e in epochs], "s-", color="C2")
+    for ax in (a, b):
+        ax.axvline(metrics["best_epoch"], color="grey", linestyle=":", label="best (model/)")
     a.set(title=f"Loss ({metrics.get('model')})", xlabel="epoch", ylabel="loss")
     a.legend()
-    b.plot(xs, [metrics["perplexity_before"]] + [e["perplexity"] for e in epochs], "s-", color="C2")
-    b.set(title="Eval perplexity (epoch 0: before training)", xlabel="epoch", ylabel="perplexity")
+    b.set(title=f"Eval {second.replace('eval_', '')} (epoch 0: before training)", xlabel="epoch",
+          ylabel=second.replace("eval_", ""))
     return _png(fig)
 
 

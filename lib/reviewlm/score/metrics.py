@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from reviewlm.train.job import star_metrics
+from reviewlm.metrics import confusion_matrix, star_metrics
 
 
 def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict:
@@ -43,7 +43,8 @@ def ratings_summary(ratings: pd.DataFrame) -> dict:
                  {str(k): int(v) for k, v in r["predicted"].value_counts().sort_index().items()}}
         labelled = r.dropna(subset=["rating"])
         if len(labelled):
-            entry.update(star_metrics(labelled["predicted"].to_numpy(int) - 1, labelled["rating"].to_numpy(int) - 1))
+            entry.update(star_metrics(confusion_matrix(labelled["rating"].to_numpy(int) - 1,
+                                                       labelled["predicted"].to_numpy(int) - 1)))
         out[model] = entry
     return out
 

@@ -30,7 +30,7 @@ PROMPTS = pa.schema([("model", pa.string()), ("prompt_index", pa.int64()), ("pro
 CORPUS = pa.schema([("model", pa.string()), ("id", pa.string()), ("n_masked", pa.int64()),
                     ("correct_at_1", pa.int64()), ("correct_at_10", pa.int64()), ("nll_sum", pa.float64())])
 RATINGS = pa.schema([("model", pa.string()), ("id", pa.string()), ("rating", pa.int64()),
-                     ("predicted", pa.int64()), ("confidence", pa.float64())])
+                     ("predicted", pa.int64()), ("confidence", pa.float64()), ("nll", pa.float64())])
 
 
 class _ModelActor:
@@ -153,23 +153,21 @@ class MaskScorer(_ModelActor):
 
 
 def mask_words(text: str, key: str, fraction: float, tok, seed: int) -> tuple[list[int], list[int]]:
-    """Token ids with a seeded `fraction` of whole words masked, and the labels (-100 elsewhere)."""
-    enc = tok(text, truncation=True, max_length=512, return_offsets_mapping=True, return_special_tokens_mask=True)
-    ids, special, offsets = enc["input_ids"], enc["special_tokens_mask"], enc["offset_mapping"]
-    words, prev_end = [], None
-    for i, (s, e) in enumerate(offsets):
-        if special[i]:
-            prev_end = None
-            continue
-        if prev_end is None or s != prev_end:
-            words.append([])
-        words[-1].append(i)
-        prev_end = e
+    """Token ids with a seeded `fraction` of whole words masked, and the labels (-100 elsewhere).
+
+    Words are the tokenizer's (`word_ids()`: BERT's split on whitespace and punctuation), as
+    in training.
+    """
+    enc = tok(text, truncation=True, max_length=512)
+    ids, word_of = list(enc["input_ids"]), enc.word_ids()
+    words: dict[int, list[int]] = {}
+    for i, w in enumerate(word_of):
+        if w is not None:
+            words.setdefault(w, []).append(i)
     rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big"))
     n = max(1, round(fraction * len(words))) if words else 0
-    chosen = rng.choice(len(words), size=n, replace=False) if n else []
+    chosen = rng.choice(sorted(words), size=n, replace=False) if n else []
     labels = [-100] * len(ids)
-    ids = list(ids)
     for w in chosen:
         for i in words[w]:
             labels[i], ids[i] = ids[i], tok.mask_token_id
@@ -219,14 +217,18 @@ class StarScorer(_ModelActor):
     def __call__(self, batch: dict) -> pa.Table:
         texts = list(batch["text"])
         _, groups = self.micro_batches(texts, self.micro)
-        pred, conf = np.zeros(len(texts), np.int64), np.zeros(len(texts))
+        ratings = batch["rating"] if "rating" in batch else [None] * len(texts)
+        ratings = np.array([-1 if r is None or r != r else int(r) for r in ratings])
+        pred, conf, nll = np.zeros(len(texts), np.int64), np.zeros(len(texts)), np.full(len(texts), np.nan)
         for group in groups:
             enc = self.tok([texts[i] for i in group], padding=True, truncation=True, max_length=self.max_len,
                            return_tensors="pt").to(self.device)
-            probs = self.model(**enc).logits.float().softmax(-1).cpu()
-            pred[group], conf[group] = probs.argmax(-1).numpy() + 1, probs.max(-1).values.numpy()
-        ratings = batch["rating"] if "rating" in batch else [None] * len(texts)
+            probs = self.model(**enc).logits.float().softmax(-1).cpu().numpy()
+            pred[group], conf[group] = probs.argmax(-1) + 1, probs.max(-1)
+            rated = ratings[group] > 0
+            nll[group[rated]] = -np.log(probs[rated, ratings[group][rated] - 1])
         table = pa.table({"model": [self.name] * len(texts), "id": [str(i) for i in batch["id"]],
-                          "rating": pa.array([None if r is None or r != r else int(r) for r in ratings], pa.int64()),
-                          "predicted": pred, "confidence": conf}, schema=RATINGS)
+                          "rating": pa.array(np.where(ratings > 0, ratings, 0), pa.int64(), mask=ratings <= 0),
+                          "predicted": pred, "confidence": conf,
+                          "nll": pa.array(nll, pa.float64(), mask=np.isnan(nll))}, schema=RATINGS)
         return table.append_column("_route", pa.array(["ratings"] * len(texts)))

@@ -8,10 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import torch
 from ray.data.expressions import col
 from ray.train import DataConfig
 
 from reviewlm.errors import UsageError
+from reviewlm.train.masking import BlockMasker
 
 
 def split_bucket(ids: list[str], seed: int) -> np.ndarray:
@@ -38,27 +40,50 @@ def with_split(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: in
 def tokenize_and_chunk(batch: dict, tokenizer, chunk_size: int) -> dict:
     """Tokenize texts, concatenate them and cut into `chunk_size` blocks (the tail is dropped).
 
-    Offsets and special-token masks are kept so whole-word masking can find word pieces.
+    Each token keeps its word id, from the tokenizer's own pre-tokenizer (BERT's splits on
+    whitespace and punctuation, so "comfortable." is two words), so whole-word masking
+    masks every piece of a word and never its punctuation. int32 ids and word ids: 8 bytes
+    a token; word ids run on across texts (special tokens are -1).
     """
-    enc = tokenizer(list(batch["text"]), return_offsets_mapping=True, return_special_tokens_mask=True,
-                    truncation=False, verbose=False)
-    ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]) if len(batch["text"]) else np.zeros(0, np.int64)
-    if len(ids) < chunk_size:
-        empty = np.zeros((0, chunk_size), np.int64)
-        return {"input_ids": empty, "special_tokens_mask": empty, "offset_mapping": np.zeros((0, chunk_size, 2), np.int64)}
-    special = np.concatenate([np.asarray(x, dtype=np.int64) for x in enc["special_tokens_mask"]])
-    offsets = np.concatenate([np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in enc["offset_mapping"]])
-    n = len(ids) // chunk_size * chunk_size
-    return {"input_ids": ids[:n].reshape(-1, chunk_size),
-            "special_tokens_mask": special[:n].reshape(-1, chunk_size),
-            "offset_mapping": offsets[:n].reshape(-1, chunk_size, 2)}
+    texts = list(batch["text"])
+    enc = tokenizer(texts, truncation=False, verbose=False)
+    ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+    words, offset = [], 0
+    for i in range(len(texts)):
+        w = np.array([-1 if x is None else x for x in enc.word_ids(i)], dtype=np.int32)
+        words.append(np.where(w >= 0, w + offset, -1).astype(np.int32))
+        offset += int(w.max(initial=-1)) + 1
+    n = sum(len(x) for x in ids) // chunk_size * chunk_size
+    if n == 0:
+        empty = np.zeros((0, chunk_size), np.int32)
+        return {"input_ids": empty, "word_ids": empty}
+    return {"input_ids": np.concatenate(ids)[:n].reshape(-1, chunk_size),
+            "word_ids": np.concatenate(words)[:n].reshape(-1, chunk_size)}
+
+
+def block_seed(block: np.ndarray, seed: int) -> int:
+    """A seed from a block's tokens: its masks do not depend on batching, shards or workers."""
+    return int.from_bytes(hashlib.blake2b(block.tobytes(), digest_size=8, key=str(seed).encode()).digest(), "big")
+
+
+def mask_eval_blocks(batch: dict, tokenizer, probability: float, whole_word: bool, seed: int) -> dict:
+    """Masks fixed once per eval block (seeded by its tokens): every evaluation scores the same ones."""
+    masker = BlockMasker(tokenizer, probability, whole_word)
+    inputs, labels = [], []
+    for ids, words in zip(batch["input_ids"], batch["word_ids"]):
+        x, y = masker(ids[None], words[None], torch.Generator().manual_seed(block_seed(ids, seed)))
+        inputs.append(x[0].numpy().astype(np.int32))
+        labels.append(y[0].numpy().astype(np.int32))
+    empty = np.zeros((0, batch["input_ids"].shape[1]), np.int32)
+    return {"input_ids": np.stack(inputs) if inputs else empty, "labels": np.stack(labels) if labels else empty}
 
 
 def tokenize_reviews(batch: dict, tokenizer, max_length: int) -> dict:
-    enc = tokenizer(list(batch["text"]), truncation=True, max_length=max_length, padding="max_length")
-    return {"input_ids": np.asarray(enc["input_ids"], np.int64),
-            "attention_mask": np.asarray(enc["attention_mask"], np.int64),
-            "labels": np.asarray(batch["rating"], np.int64) - 1}
+    """Token ids per review, truncated to `max_length` and not padded (batches pad to their longest)."""
+    enc = tokenizer(list(batch["text"]), truncation=True, max_length=max_length, verbose=False)
+    ids = np.empty(len(enc["input_ids"]), dtype=object)
+    ids[:] = [np.asarray(x, np.int32) for x in enc["input_ids"]]
+    return {"input_ids": ids, "labels": np.asarray(batch["rating"], np.int32) - 1}
 
 
 def split_datasets(ds: ray.data.Dataset, bounds: list[tuple[str, float, float]], seed: int,
@@ -87,14 +112,15 @@ class FixedShards(DataConfig):
 
     Ray Train's default `streaming_split` hands each block to whichever worker asks first,
     so two runs train on different shards. Here the datasets are materialized in input
-    order (`preserve_order`) and cut by `Dataset.split(equal=True)` before the workers
-    start: the cut runs Ray tasks, which would wait forever for the CPUs the workers hold.
-    No locality hints: on a cluster, a worker may read its shard from another node.
+    order (`preserve_order`) and cut by `Dataset.split` before the workers start: the cut
+    runs Ray tasks, which would wait forever for the CPUs the workers hold. Training shards
+    are equal (DDP steps in lockstep); evaluation shards keep every row. No locality hints:
+    on a cluster, a worker may read its shard from another node.
     """
 
     def __init__(self, datasets: dict[str, ray.data.Dataset], world_size: int):
         super().__init__()
-        self.shards = {name: ds.split(world_size, equal=True) for name, ds in datasets.items()}
+        self.shards = {name: ds.split(world_size, equal=name == "train") for name, ds in datasets.items()}
         for parts in self.shards.values():
             for part in parts:  # reading a materialized shard: no progress bar per epoch in the log
                 part.context.enable_progress_bars = False

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
 from contextlib import nullcontext
-from functools import partial
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray.train
@@ -17,7 +16,27 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint
 
+from reviewlm.train.masking import BlockMasker
+
 STATE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every worker needs to train (the driver sets scaling and storage)."""
+
+    task: str
+    model: str
+    epochs: int
+    total_steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    precision: str = "fp32"
+    whole_word: bool = True
+    mask_probability: float = 0.2
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
 
 
 def load_model(task: str, path: str):
@@ -31,29 +50,187 @@ def load_model(task: str, path: str):
 
 
 class MLMCollate(NumpyBatchCollateFn):
-    """Masks a batch of token blocks with transformers' MLM collator (whole words if asked)."""
+    """Masks a batch of token blocks anew every time, from this collator's own generator."""
 
-    def __init__(self, tokenizer, mlm_probability: float, whole_word: bool, seed: int):
-        from transformers import DataCollatorForLanguageModeling
-
-        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
-                                                        whole_word_mask=whole_word, seed=seed)
-        # its own generator: `torch_mask_tokens`, called directly, would use torch's global one
-        self.collator.generator = torch.Generator().manual_seed(seed)
-        self.whole_word = whole_word
+    def __init__(self, tokenizer, probability: float, whole_word: bool, seed: int):
+        self.masker = BlockMasker(tokenizer, probability, whole_word)
+        # its own generator: dropout draws from torch's global one while Ray Data collates in a thread
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, batch: dict) -> dict:
-        inputs, labels = self.collator.torch_mask_tokens(
-            torch.as_tensor(batch["input_ids"]), special_tokens_mask=torch.as_tensor(batch["special_tokens_mask"]),
-            offset_mapping=torch.as_tensor(batch["offset_mapping"]) if self.whole_word else None)
+        inputs, labels = self.masker(batch["input_ids"], batch["word_ids"], self.generator)
         return {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
 
 
-class StarsCollate(NumpyBatchCollateFn):
-    """Token ids, attention mask and 0-4 star labels as tensors."""
+class TensorCollate(NumpyBatchCollateFn):
+    """A batch as int64 tensors (copies): token blocks, or reviews padded to the batch's longest."""
+
+    def __init__(self, pad_id: int = 0):
+        self.pad_id = pad_id
 
     def __call__(self, batch: dict) -> dict:
-        return {k: torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels")}
+        ids = batch["input_ids"]
+        if ids.dtype == object:  # reviews of different lengths
+            lengths = np.array([len(x) for x in ids])
+            padded = np.full((len(ids), lengths.max(initial=1)), self.pad_id, np.int64)
+            for row, x in enumerate(ids):
+                padded[row, :len(x)] = x
+            mask = np.arange(padded.shape[1]) < lengths[:, None]
+            batch = {**batch, "input_ids": padded, "attention_mask": mask}
+        out = {k: torch.tensor(np.asarray(v), dtype=torch.long) for k, v in batch.items()}
+        out.setdefault("attention_mask", torch.ones_like(out["input_ids"]))
+        return out
+
+
+@dataclass
+class Run:
+    """One worker's model, optimizer and schedule, and where they train."""
+
+    config: LoopConfig
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    use_amp: bool
+    rank: int
+    world_size: int
+    epoch: int = 0
+    step: int = 0
+    history: dict = field(default_factory=lambda: {"before": None, "epochs": [], "restarts": []})
+
+    def autocast(self):
+        dtype = torch.float16 if self.config.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype) if self.use_amp else nullcontext()
+
+
+def set_up(config: LoopConfig) -> Run:
+    """Load the model on this worker and wrap it for DDP; AdamW with a linear warm-up and decay."""
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    from reviewlm.models import resolve_model
+
+    torch.manual_seed(config.seed)
+    ctx = ray.train.get_context()
+    model_path = resolve_model(config.model)  # on this node: its own cache
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(load_model(config.task, model_path))
+    use_amp = device.type == "cuda" and config.precision in ("fp16", "bf16")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.total_steps
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    return Run(config, model, AutoTokenizer.from_pretrained(model_path), optimizer, scheduler,
+               torch.amp.GradScaler(enabled=use_amp and config.precision == "fp16"), device, use_amp,
+               ctx.get_world_rank(), ctx.get_world_size())
+
+
+def restore(run: Run) -> None:
+    """Continue from Ray Train's latest checkpoint, if there is one (a restart or --resume)."""
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE), weights_only=True)
+        unwrap(run.model).load_state_dict(load_model(run.config.task, d).state_dict())
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
+    run.history["restarts"].append({"from_epoch": run.epoch, "from_step": run.step})
+
+
+def train_epoch(run: Run, shard, collate) -> tuple[float, float | None]:
+    """One pass over this worker's shard (or up to the step budget): mean loss, samples/s."""
+    bs, losses, timer = run.config.batch_size, [], None
+    for batch in shard.iter_torch_batches(batch_size=bs, collate_fn=collate, device=run.device,
+                                          local_shuffle_buffer_size=4 * bs,
+                                          local_shuffle_seed=run.config.seed + run.epoch):
+        with run.autocast():
+            loss = run.model(**batch).loss
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        losses.append(float(loss.detach()))
+        if timer is None:  # the first step warms up: time the ones after it
+            timer, timed_from = time.perf_counter(), len(losses)
+        run.step += 1
+        if run.step >= run.config.total_steps:
+            break
+    elapsed = time.perf_counter() - timer if timer else 0.0
+    samples = (len(losses) - timed_from) * bs * run.world_size if timer else 0
+    total, count = _all_sum([sum(losses), len(losses)], run.device)
+    return total / max(count, 1), (round(samples / elapsed, 2) if elapsed else None)
+
+
+def evaluate(run: Run, shard) -> dict:
+    """Loss (per masked token, or per review) and accuracy over the shards of all workers.
+
+    The plain module, not DDP's wrapper: its forward syncs with the other ranks, and eval
+    shards may differ in size.
+    """
+    model = unwrap(run.model)
+    model.eval()
+    loss_sum = correct = count = 0.0
+    with torch.inference_mode():
+        for batch in shard.iter_torch_batches(batch_size=run.config.batch_size, collate_fn=TensorCollate(run.tokenizer.pad_token_id),
+                                              device=run.device):
+            with run.autocast():
+                out = model(**batch)
+            labels = batch["labels"]
+            scored = labels != -100
+            n = float(scored.sum())
+            loss_sum += float(out.loss) * n
+            correct += float((out.logits.argmax(-1)[scored] == labels[scored]).sum())
+            count += n
+    loss_sum, correct, count = _all_sum([loss_sum, correct, count], run.device)
+    model.train()
+    loss = loss_sum / max(count, 1.0)
+    metrics = {"eval_loss": loss, "eval_accuracy": correct / max(count, 1.0)}
+    if run.config.task == "mlm":
+        metrics["perplexity"] = _ppl(loss)
+    return metrics
+
+
+def save_and_report(run: Run, metrics: dict) -> None:
+    """Rank 0 saves the model, tokenizer and training state; every rank reports the scalars."""
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if run.rank == 0:
+            unwrap(run.model).save_pretrained(d, safe_serialization=True)
+            run.tokenizer.save_pretrained(d)
+            torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                        "epoch": run.epoch, "step": run.step, "history": run.history}, os.path.join(d, STATE))
+            checkpoint = Checkpoint.from_directory(d)
+        ray.train.report({"epoch": run.epoch, "step": run.step, **metrics}, checkpoint=checkpoint)
+
+
+def train_func(config: dict) -> None:
+    """Train on this worker's shard; evaluate, checkpoint and report every epoch."""
+    run = set_up(LoopConfig(**config))
+    restore(run)
+    cfg = run.config
+    if cfg.task == "mlm":  # fresh masks every pass over the training blocks
+        collate = MLMCollate(run.tokenizer, cfg.mask_probability, cfg.whole_word, cfg.seed + 1 + run.rank)
+    else:
+        collate = TensorCollate(run.tokenizer.pad_token_id)
+    train_shard, eval_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
+    if run.history["before"] is None:
+        run.history["before"] = evaluate(run, eval_shard)
+    while run.epoch < cfg.epochs and run.step < cfg.total_steps:
+        train_loss, rate = train_epoch(run, train_shard, collate)
+        run.epoch += 1
+        metrics = evaluate(run, eval_shard)
+        run.history["epochs"].append({"epoch": run.epoch, "step": run.step, "train_loss": train_loss,
+                                      **metrics, "samples_per_s": rate})
+        save_and_report(run, metrics)
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -61,131 +238,6 @@ def _all_sum(values: list[float], device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
-
-
-def evaluate(model, shard, collate, batch_size: int, device, autocast, want_predictions: bool = False):
-    """Token-weighted mean loss over the shards of all workers (and predictions if asked)."""
-    model.eval()
-    loss_sum = count = 0.0
-    preds, labels = [], []
-    with torch.inference_mode():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, device=device):
-            with autocast():
-                out = model(**batch)
-            n = float((batch["labels"] != -100).sum())
-            loss_sum += float(out.loss) * n
-            count += n
-            if want_predictions:
-                preds.append(out.logits.argmax(-1).cpu().numpy())
-                labels.append(batch["labels"].cpu().numpy())
-    loss_sum, count = _all_sum([loss_sum, count], device)
-    model.train()
-    loss = loss_sum / max(count, 1.0)
-    if not want_predictions:
-        return loss, None
-    local = (np.concatenate(preds) if preds else np.zeros(0, int), np.concatenate(labels) if labels else np.zeros(0, int))
-    if dist.is_available() and dist.is_initialized():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
-        local = (np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered]))
-    return loss, local
-
-
-def train_func(config: dict) -> None:
-    """Train on this worker's shard; report eval metrics and a checkpoint every epoch."""
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
-
-    from reviewlm.models import resolve_model
-
-    torch.manual_seed(config["seed"])
-    ctx = ray.train.get_context()
-    model_path = resolve_model(config["model"])  # on this node: its own cache
-    device = ray.train.torch.get_device()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = load_model(config["task"], model_path)
-    model = ray.train.torch.prepare_model(model)
-    precision = config["precision"]
-    use_amp = device.type == "cuda" and precision in ("fp16", "bf16")
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if use_amp else nullcontext()
-
-    scaler = torch.amp.GradScaler(enabled=use_amp and precision == "fp16")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
-    total = config["total_steps"]
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * total), total)
-    if config["task"] == "mlm":
-        # Masks from generators of their own, not from torch's global one, which dropout draws
-        # from while Ray Data collates in a background thread: the same masks every run. A
-        # fresh evaluation collator each time: the same masks for every evaluation.
-        collate = MLMCollate(tokenizer, config["mask_probability"], config["whole_word"],
-                             config["seed"] + 1 + ctx.get_world_rank())
-        eval_collate = partial(MLMCollate, tokenizer, config["mask_probability"], config["whole_word"], config["seed"])
-    else:
-        collate = StarsCollate()
-        eval_collate = StarsCollate
-
-    epoch, step, history = 0, 0, {"before": None, "epochs": [], "restarts": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE), weights_only=True)
-            unwrap(model).load_state_dict(load_model(config["task"], d).state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, step, history = state["epoch"], state["step"], state["history"]
-        history["restarts"].append({"from_epoch": epoch, "from_step": step})
-
-    train_shard, eval_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
-    bs = config["batch_size"]
-    if history["before"] is None:
-        loss, _ = evaluate(model, eval_shard, eval_collate(), bs, device, autocast)
-        history["before"] = {"eval_loss": loss, "perplexity": _ppl(loss)}
-    while epoch < config["epochs"] and step < total:
-        losses, timer = [], None
-        for batch in train_shard.iter_torch_batches(batch_size=bs, collate_fn=collate, device=device,
-                                                    local_shuffle_buffer_size=4 * bs,
-                                                    local_shuffle_seed=config["seed"] + epoch):
-            with autocast():
-                loss = model(**batch).loss
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            losses.append(float(loss))
-            if timer is None:  # the first step warms up: time the ones after it
-                timer, timed_from = time.perf_counter(), len(losses)
-            step += 1
-            if step >= total:
-                break
-        epoch += 1
-        elapsed = time.perf_counter() - timer if timer else 0.0
-        samples = (len(losses) - timed_from) * bs * ctx.get_world_size() if timer else 0
-        train_loss = _all_sum([sum(losses), len(losses)], device)
-        loss, _ = evaluate(model, eval_shard, eval_collate(), bs, device, autocast)
-        history["epochs"].append({"epoch": epoch, "step": step, "train_loss": train_loss[0] / max(train_loss[1], 1),
-                                  "eval_loss": loss, "perplexity": _ppl(loss),
-                                  "samples_per_s": round(samples / elapsed, 2) if elapsed else None})
-        metrics = {"epoch": epoch, "step": step, "eval_loss": loss, "history": json.dumps(history)}
-        if config["task"] == "stars" and (epoch >= config["epochs"] or step >= total):
-            test_loss, (preds, labels) = evaluate(model, ray.train.get_dataset_shard("test"), eval_collate(), bs,
-                                                  device, autocast, want_predictions=True)
-            metrics["test"] = json.dumps({"loss": test_loss, "predictions": preds.tolist(), "labels": labels.tolist()})
-        with tempfile.TemporaryDirectory() as d:
-            if ctx.get_world_rank() == 0:
-                unwrap(model).save_pretrained(d, safe_serialization=True)
-                tokenizer.save_pretrained(d)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "epoch": epoch, "step": step, "history": history}, os.path.join(d, STATE))
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d) if ctx.get_world_rank() == 0 else None)
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _ppl(loss: float) -> float:
