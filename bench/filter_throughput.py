@@ -29,7 +29,6 @@ from pathlib import Path
 import pandas as pd
 import psutil
 from nltk.sentiment.vader import SentimentIntensityAnalyzer
-
 from reviewlm import words
 from reviewlm.filters import vader
 from reviewlm.synth import write_synth

@@ -12,9 +12,8 @@ import sys
 
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForMaskedLM, pipeline
-
 from reviewlm.score.prompts import REFERENCE_PROMPTS
+from transformers import AutoModelForMaskedLM, pipeline
 
 
 def eval_loss(out: str) -> float:

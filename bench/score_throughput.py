@@ -67,7 +67,6 @@ def per_core(fill, prompts: list[str], args) -> None:
     """One thread each: the pipeline vs reviewlm's MaskScorer actor class called in-process."""
     import numpy as np
     import torch
-
     from reviewlm.score.scorer import MaskScorer
 
     threads = torch.get_num_threads()

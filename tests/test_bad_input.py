@@ -103,7 +103,8 @@ def test_broken_records_are_quarantined_and_every_row_is_accounted_for(tmp_path)
                                           *good("b", 5), b'o1,"a quote that never closes,5', *good("c", 5)]) + b"\n")
     (d / "b.jsonl").write_bytes(b"\n".join([json.dumps({"id": f"j{i}", "text": "Adidas hoodies rock"}).encode()
                                             for i in range(3)] + [raw for raw, _ in BROKEN_JSONL]) + b"\n")
-    (d / "bom.csv").write_bytes(b"\xef\xbb\xbfid,text,rating\r\nbom1,Nike sneakers are great,5\r\nbom2,Fila shoes,4\r\n")
+    (d / "bom.csv").write_bytes(b"\xef\xbb\xbfid,text,rating\r\n"
+                                b"bom1,Nike sneakers are great,5\r\nbom2,Fila shoes,4\r\n")
     (d / "empty.csv").write_bytes(b"")
     (d / "nulls.jsonl").write_text('{"id": "z1", "text": null}\n{"id": "z2", "text": ""}\n'
                                    '{"id": "z3", "text": "   "}\n{"id": "z4"}\n')

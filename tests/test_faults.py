@@ -7,10 +7,10 @@ import threading
 
 import pandas as pd
 import pytest
-
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import write_synth
+
 from tests.conftest import BIN, FaultyS3, Killer, kill_job_when, run_cli, running_task_pids
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from nltk.sentiment.vader import SentimentIntensityAnalyzer
-
 from reviewlm.filters import vader
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.io.storage import read_success
+
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,8 @@ BROKEN_JSONL = [b"{not json", b"[1, 2, 3]", b'{"id": "b9", "text": 42}']
 def corpus(s3):
     """Files of every format on S3, with broken records and duplicates across files."""
     a, b, c, d = good_rows(40), good_rows(30, 100), good_rows(20, 200), good_rows(10, 300)
-    s3.pipe("reviews/in/a.csv", csv_bytes(a[:20]) + b"\n".join(BROKEN_CSV) + b"\n" + csv_bytes(a[20:]).split(b"\n", 1)[1])
+    s3.pipe("reviews/in/a.csv",
+            csv_bytes(a[:20]) + b"\n".join(BROKEN_CSV) + b"\n" + csv_bytes(a[20:]).split(b"\n", 1)[1])
     s3.pipe("reviews/in/b.jsonl.gz", gzip.compress(
         b"\n".join([json.dumps(r).encode() for r in b] + BROKEN_JSONL) + b"\n"))
     buf = io.BytesIO()

@@ -3,7 +3,6 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from reviewlm.errors import UsageError
 from reviewlm.filters import keywords
 from reviewlm.filters.base import All, Any, Not

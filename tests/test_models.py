@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from reviewlm.errors import UsageError
 from reviewlm.models import _minilm_dir, resolve_model
 

@@ -7,9 +7,16 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from reviewlm.io.readers import Columns, ParseError, _Batcher, parse_rating, read_delimited, \
-    read_json_array, read_jsonl, read_parquet_file
+from reviewlm.io.readers import (
+    Columns,
+    ParseError,
+    _Batcher,
+    parse_rating,
+    read_delimited,
+    read_json_array,
+    read_jsonl,
+    read_parquet_file,
+)
 from reviewlm.io.storage import infer_format
 
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-
 from reviewlm.errors import UsageError
 from reviewlm.models import resolve_model
 from reviewlm.score.job import parse_models, score_models
@@ -18,6 +17,7 @@ from reviewlm.score.metrics import substitutions
 from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_word_sets
 from reviewlm.score.scorer import CorpusScorer, MaskScorer, mask_words
 from reviewlm.synth import write_synth
+
 from tests.conftest import assert_one_line, run_cli
 
 WORDS = load_word_sets(None)
@@ -103,8 +103,10 @@ def test_corpus_masking_is_seeded_and_masks_whole_words(tiny):
 
 def test_substitutions_rank_rises_and_falls():
     masks = pd.DataFrame([
-        {"model": "base", "prompt_index": 0, "mask_index": 0, "top_ids": [1, 2, 3, 8], "top_probs": [0.5, 0.3, 0.1, 0.01]},
-        {"model": "tuned", "prompt_index": 0, "mask_index": 0, "top_ids": [2, 4, 1, 9], "top_probs": [0.6, 0.2, 0.1, 0.01]}])
+        {"model": "base", "prompt_index": 0, "mask_index": 0, "top_ids": [1, 2, 3, 8],
+         "top_probs": [0.5, 0.3, 0.1, 0.01]},
+        {"model": "tuned", "prompt_index": 0, "mask_index": 0, "top_ids": [2, 4, 1, 9],
+         "top_probs": [0.6, 0.2, 0.1, 0.01]}])
     [entry] = substitutions(masks, "base", "tuned", str, n=2)  # a token outside a top list counts at its floor
     assert [r["token"] for r in entry["rose"]] == ["2", "4"] and entry["rose"][0]["delta"] == pytest.approx(0.3)
     assert [r["token"] for r in entry["fell"]] == ["1", "3"]

@@ -4,9 +4,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from reviewlm.io.storage import redact
 from reviewlm.synth import write_synth
+
 from tests.conftest import run_cli
 
 KEY_ID, SECRET = "AKIAREVIEWLMFAKE0001", "reviewlm/fake+Secret/DoNotLeak"

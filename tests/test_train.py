@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import ray
 import torch
-
 from reviewlm.metrics import confusion_matrix, star_metrics
 from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
 from reviewlm.train.data import mask_eval_blocks, split_bucket, tokenize_and_chunk
 from reviewlm.train.job import TrainArgs, train_model
 from reviewlm.train.loop import MLMCollate
+
 from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, run_cli
 
 
@@ -92,6 +92,26 @@ def test_eval_masks_do_not_depend_on_batching(tok):
     for key in ("input_ids", "labels"):
         assert (np.concatenate([p[key] for p in parts]) == whole[key]).all()
     assert (whole["labels"] != -100).any()
+
+
+def test_the_head_only_at_masked_positions_gives_the_full_models_loss_and_gradients(tok):
+    from reviewlm.train.loop import MaskedLMLoss, load_model
+
+    chunk = tokenize_and_chunk({"text": np.array(["Nike hoodies are warm, soft and durable!"] * 30, dtype=object)},
+                               tok, 32)
+    batch = MLMCollate(tok, 0.2, whole_word=True, seed=3)(chunk)
+    model = load_model("mlm", resolve_model("tiny"))
+    fast, full = MaskedLMLoss(model)(**batch), model(**batch)
+    assert fast.loss.item() == pytest.approx(full.loss.item(), abs=1e-5)
+    assert fast.logits.shape == (int((batch["labels"] != -100).sum()), model.config.vocab_size)
+    grads = []
+    for loss in (fast.loss, model(**batch).loss):
+        model.zero_grad()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_star_metrics_by_hand():

@@ -4,7 +4,6 @@ import random
 
 import pytest
 from nltk.sentiment.vader import SentimentIntensityAnalyzer, SentiText
-
 from reviewlm.filters import vader
 from reviewlm.synth import synth_rows
 

@@ -134,7 +134,8 @@ def run_filter(args) -> dict:
     from reviewlm.io.readers import Columns
 
     recipe = load_recipe(args.recipe)
-    columns = Columns(**{f: getattr(args, f"{f}_column") for f in ("text", "id", "rating", "title", "brand", "product")})
+    fields = ("text", "id", "rating", "title", "brand", "product")
+    columns = Columns(**{f: getattr(args, f"{f}_column") for f in fields})
     stats = filter_reviews(args.inputs, args.output, recipe=recipe, columns=columns, fmt=args.format,
                            mode=args.mode, overwrite=args.overwrite, arguments=vars(args),
                            address=args.address, num_cpus=args.num_cpus)

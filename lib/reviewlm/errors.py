@@ -5,6 +5,12 @@ class UsageError(Exception):
     """Bad usage or bad input: reported as one line, exit code 2, no traceback."""
 
 
+def storage_error(exc: BaseException) -> str:
+    """A short, credential-free description of a storage error."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"permission denied ({text[:300]})" if isinstance(exc, PermissionError) else text[:300]
+
+
 def usage_cause(exc: BaseException) -> "UsageError | None":
     """The UsageError behind `exc`, also when Ray wrapped it in a task error.
 
@@ -21,8 +27,6 @@ def usage_cause(exc: BaseException) -> "UsageError | None":
         if isinstance(exc, UsageError):
             return exc
         if isinstance(exc, PermissionError):
-            from reviewlm.io.storage import storage_error
-
             return UsageError(storage_error(exc))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -105,7 +105,8 @@ def _save(model, target: Path) -> Path:
 
 
 def _fetch_s3(uri: str) -> Path:
-    from reviewlm.io.storage import filesystem, storage_error
+    from reviewlm.errors import storage_error
+    from reviewlm.io.storage import filesystem
 
     fs, path = filesystem(uri)
     target = cache_dir() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -157,3 +158,13 @@ def resolve_model(ref: str | None) -> str:
         raise UsageError(f"cannot load model {ref!r} from the Hugging Face hub ({type(exc).__name__}); "
                          "offline, use --model starter, --model tiny, a local directory or an s3:// "
                          "directory") from None
+
+
+def mask_head(model):
+    """A masked LM's vocabulary head as a function of hidden states (None: use the full forward)."""
+    if hasattr(model, "vocab_projector"):  # DistilBERT
+        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    for name in ("cls", "lm_head"):  # BERT, RoBERTa
+        if hasattr(model, name):
+            return getattr(model, name)
+    return None

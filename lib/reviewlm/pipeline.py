@@ -46,7 +46,7 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
     out = OutputDir(base, "pipeline", overwrite).prepare()
     started, stages = time.time(), 5 + bool(synth_rows)
     step = iter(range(1, stages + 1))
-    try:
+    with out:
         inputs = args.inputs
         if synth_rows:
             log(f"[{next(step)}/{stages}] synthesizing {synth_rows} template reviews -> {base}/corpus")
@@ -59,8 +59,8 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
         trained = {}
         for name, data in (("v1", inputs), ("v2", [f"{base}/filter/kept"])):
             what = "all reviews" if name == "v1" else "the kept reviews"
-            log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({args.train.model or 'distilbert-base-uncased'}) "
-                f"-> {base}/train_{name}")
+            model = args.train.model or "distilbert-base-uncased"
+            log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({model}) -> {base}/train_{name}")
             trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns)
             best = trained[name]["best"]
             log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {best['perplexity']:.2f} "
@@ -82,6 +82,3 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
         log(f"[{next(step)}/{stages}] done in {result['wall_time_s']:.0f} s")
         out.commit(arguments or {}, [], {"stages": stages}, {"pipeline.json": result})
         return result
-    except BaseException:
-        out.abort()
-        raise

@@ -79,7 +79,7 @@ def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shard
     if min_words and max_words and max_words < min_words:
         raise UsageError("--max-words must be at least --min-words")
     out = OutputDir(output, "synth", overwrite).prepare()
-    try:
+    with out:
         table = synth_rows(rows, seed, min_words, max_words)
         step = -(-rows // shards)
         for s in range(shards):
@@ -92,6 +92,3 @@ def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shard
                 else:
                     fh.write("".join(json.dumps(r) + "\n" for r in part.to_pylist()).encode())
         return out.commit(arguments or {}, [], {"rows": rows, "shards": shards})
-    except BaseException:
-        out.abort()
-        raise

@@ -47,6 +47,12 @@ class Filter(Expr):
         """Decide for every row of `batch`; return (keep-mask, score columns)."""
         raise NotImplementedError
 
+    @classmethod
+    def prepare(cls, ds):
+        """The dataset these filters decide on: a filter that needs a pass over all rows
+        first (such as dedup) adds its columns here, once per kind of filter in a recipe."""
+        return ds
+
     def leaves(self) -> list["Filter"]:
         return [self]
 

@@ -52,9 +52,13 @@ class Dedup(Filter):
     name = "dedup"
     score_fields = [pa.field("duplicate_of", pa.string())]
 
+    @classmethod
+    def prepare(cls, ds):
+        return mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
+
     def apply(self, batch):
         if FIRST not in batch.column_names:
-            raise RuntimeError("dedup needs mark_duplicates() to run before the filter stage")
+            raise RuntimeError("dedup needs Dedup.prepare(dataset) to run before the filter stage")
         first, order = batch[FIRST].to_pylist(), batch[ORDER].to_pylist()
         dup = [f is not None and f != o for f, o in zip(first, order)]
         where = [f.replace("\x00", ":").rsplit(":", 1) if d else None for f, d in zip(first, dup)]

@@ -13,11 +13,9 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
-from reviewlm.filters.dedup import Dedup, mark_duplicates
 from reviewlm.io.readers import CANONICAL, Columns, check_inputs, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
@@ -102,13 +100,13 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
     fs, files = check_inputs(inputs, columns, fmt)
     out = OutputDir(output, "filter", overwrite).prepare()
-    try:
+    with out:
         started = time.time()
         init_ray(address, num_cpus)
         ray_start = time.time() - started
         ds = read_reviews(fs, files, columns)
-        if any(isinstance(leaf, Dedup) for leaf in recipe.leaves()):
-            ds = mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
+        for kind in dict.fromkeys(type(leaf) for leaf in recipe.leaves()):
+            ds = kind.prepare(ds)
         # One batch per block (at most DataContext.target_max_block_size): a batch_size
         # would keep Ray Data from fusing the read into this step and the write.
         ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
@@ -123,9 +121,6 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         counts = {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")}
         out.commit(arguments or {}, fingerprints(files), counts, {"stats.json": stats})
         return stats
-    except BaseException:
-        out.abort()
-        raise
 
 
 def _stats(expr: Expr, mode: str, result: dict, wall: float) -> dict:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import FileBasedDatasource
 
-from reviewlm.errors import UsageError
-from reviewlm.io.storage import expand_inputs, storage_error
+from reviewlm.errors import UsageError, storage_error
+from reviewlm.io.storage import expand_inputs
 
 CANONICAL = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("rating", pa.int64()), ("title", pa.string()),
@@ -210,7 +211,8 @@ def read_jsonl(f, batcher: _Batcher) -> Iterator[pa.Table]:
                 raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
             batcher.add(number, record, text)
         except (ParseError, json.JSONDecodeError) as exc:
-            batcher.quarantine(number, _raw_text(raw), f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc))
+            reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            batcher.quarantine(number, _raw_text(raw), reason)
         if len(batcher) >= BATCH_ROWS:
             yield batcher.flush()
 
@@ -346,3 +348,8 @@ def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.dat
     cpus = int(ray.cluster_resources().get("CPU", 1))
     blocks = len(files) if len(files) >= 2 * cpus else None
     return ray.data.read_datasource(ReviewDatasource(files, fs, columns), override_num_blocks=blocks)
+
+
+def with_text(batch: pa.Table) -> pa.Table:
+    """The rows of a canonical batch that parsed and have a text (what training and scoring read)."""
+    return batch.filter(pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])))

@@ -13,7 +13,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 from reviewlm import __version__
-from reviewlm.errors import UsageError
+from reviewlm.errors import UsageError, storage_error
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 _EXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -73,9 +73,7 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileS
                 found = [path]
             else:
                 raise UsageError(f"input not found: {item}")
-        except (PermissionError, OSError) as exc:
-            if isinstance(exc, UsageError):
-                raise
+        except OSError as exc:
             raise UsageError(f"cannot read input {item}: {storage_error(exc)}") from None
         if not found:
             raise UsageError(f"no review files under {item} (csv, tsv, jsonl, json, parquet)")
@@ -90,12 +88,6 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileS
     if all(f["size"] == 0 for f in files):
         raise UsageError(f"input is empty: {', '.join(f['uri'] for f in files[:3])}")
     return arrow_filesystem(the_fs), files
-
-
-def storage_error(exc: BaseException) -> str:
-    """A short, credential-free description of a storage error."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"permission denied ({text[:300]})" if isinstance(exc, PermissionError) else text[:300]
 
 
 def fingerprints(files: list[dict], fs: fsspec.AbstractFileSystem | None = None) -> list[dict]:
@@ -135,7 +127,8 @@ class OutputDir:
 
     Data goes under `<out>/_temporary/<run>/`; `commit()` moves it into place, writes the
     JSON files and finally the `_SUCCESS` manifest. Readers trust an output only when
-    `_SUCCESS` exists.
+    `_SUCCESS` exists. Jobs use it as DataTrove's writers are used: `with out: ...;
+    out.commit(...)`, and an error inside the block aborts the run's writes.
     """
 
     uri: str
@@ -172,9 +165,7 @@ class OutputDir:
             self.fs.makedirs(self.tmp, exist_ok=True)
             self.fs.pipe(f"{self.tmp}/_probe", b"")
             self.fs.rm(f"{self.tmp}/_probe")
-        except (PermissionError, OSError) as exc:
-            if isinstance(exc, UsageError):
-                raise
+        except OSError as exc:
             raise UsageError(f"cannot write output {self.uri}: {storage_error(exc)}") from None
         return self
 
@@ -196,6 +187,15 @@ class OutputDir:
                     "started": self.started, "wall_time_s": round(time.time() - self.started, 3)}
         self.write_json("_SUCCESS", manifest)
         return manifest
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        """On an error, remove what this run wrote (`abort`); the error goes on."""
+        if kind is not None:
+            self.abort()
+        return False
 
     def abort(self) -> None:
         """Remove the temporary location after a failure, and the output if left empty."""

@@ -107,7 +107,8 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
                   plots.substitution_bars(f"{pair}: {prompt}", entry), f"Largest probability changes for: {prompt}")
     if summary.get("invalid_prompts"):
         section("Prompts that could not be scored")
-        table(["#", "prompt", "reason"], [[p["prompt_index"], p["prompt"], p["error"]] for p in summary["invalid_prompts"]])
+        table(["#", "prompt", "reason"],
+              [[p["prompt_index"], p["prompt"], p["error"]] for p in summary["invalid_prompts"]])
     if extras.get("train"):
         section("Training")
         image("loss.png", plots.loss_curve(extras["train"]), "Loss and perplexity per epoch")

@@ -6,12 +6,11 @@ import re
 import time
 
 import pandas as pd
-import pyarrow.compute as pc
 import ray
 from ray.data import ActorPoolStrategy
 
 from reviewlm.errors import UsageError
-from reviewlm.io.readers import Columns, check_inputs, read_reviews
+from reviewlm.io.readers import Columns, check_inputs, read_reviews, with_text
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints, read_json
 from reviewlm.models import portable_ref, resolve_model
@@ -72,7 +71,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
               "filter": read_json(filter_stats) if filter_stats else None}
     out = OutputDir(output, "score", overwrite).prepare()
     started = time.time()
-    try:
+    with out:
         init_ray(address, num_cpus)
         pool, per_actor, corpus_pool = _pools(num_actors, use_gpu)
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
@@ -85,13 +84,12 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                                batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
                                **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
-                reviews = read_reviews(fs_in, files, columns).map_batches(
-                    lambda b: b.filter(pc.and_(pc.is_null(b["_error"]), pc.is_valid(b["text"]))),
-                    batch_format="pyarrow")
+                reviews = read_reviews(fs_in, files, columns).map_batches(with_text, batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.StarScorer
-                reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
-                                    batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool), **per_actor).write_datasink(
-                                        RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
+                scored = reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
+                                             batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
+                                             **per_actor)
+                scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
         scored_prompts = _read(out, "prompts")
         summary = _summary(out, models, paths, task, word_sets, scored_prompts)
         from reviewlm.report.render import write_report
@@ -102,9 +100,6 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         out.commit(arguments or {}, fingerprints(files), counts, {"summary.json": summary})
         summary["wall_time_s"] = round(time.time() - started, 2)
         return summary
-    except BaseException:
-        out.abort()
-        raise
 
 
 def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
@@ -150,6 +145,7 @@ def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: di
     names = list(models)
     if len(masks) and len(names) > 1:
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
-        summary["substitutions"] = {f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
-                                    for other in names[1:]}
+        summary["substitutions"] = {
+            f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
+            for other in names[1:]}
     return M.as_jsonable(summary)

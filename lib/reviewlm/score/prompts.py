@@ -47,7 +47,8 @@ def expand_templates(uri: str) -> list[str]:
     text = _read_text(uri, "templates")
     spec = yaml.safe_load(text) if uri.endswith((".yaml", ".yml")) else None
     if isinstance(spec, dict):
-        templates, brands, products = spec.get("templates"), spec.get("brands", wordlists.BRANDS), spec.get("products", wordlists.PRODUCTS)
+        templates = spec.get("templates")
+        brands, products = spec.get("brands", wordlists.BRANDS), spec.get("products", wordlists.PRODUCTS)
     else:
         templates, brands, products = read_prompts(uri), wordlists.BRANDS, wordlists.PRODUCTS
     if not templates:

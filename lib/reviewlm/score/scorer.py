@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 
 from reviewlm.filters.sentiment import analyzer
+from reviewlm.models import mask_head
 
 SUBSTITUTION_TOP = 1000
 PREDICTIONS = pa.schema([("model", pa.string()), ("prompt", pa.string()), ("prompt_index", pa.int64()),
@@ -54,16 +55,6 @@ class _ModelActor:
         lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=True, verbose=False)["input_ids"]]
         order = np.argsort(lengths, kind="stable")
         return lengths, [order[i:i + size] for i in range(0, len(order), size)]
-
-
-def mask_head(model):
-    """The vocabulary head as a function of hidden states (None: use the full forward)."""
-    if hasattr(model, "vocab_projector"):  # DistilBERT
-        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
-    for name in ("cls", "lm_head"):  # BERT, RoBERTa
-        if hasattr(model, name):
-            return getattr(model, name)
-    return None
 
 
 class MaskScorer(_ModelActor):
@@ -164,7 +155,8 @@ def mask_words(text: str, key: str, fraction: float, tok, seed: int) -> tuple[li
     for i, w in enumerate(word_of):
         if w is not None:
             words.setdefault(w, []).append(i)
-    rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big"))
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "big"))
     n = max(1, round(fraction * len(words))) if words else 0
     chosen = rng.choice(sorted(words), size=n, replace=False) if n else []
     labels = [-100] * len(ids)
@@ -191,8 +183,10 @@ class CorpusScorer(_ModelActor):
             group = order[start:start + self.micro]
             width = max(len(masked[i][0]) for i in group)
             pad = self.tok.pad_token_id
-            ids = torch.tensor([masked[i][0] + [pad] * (width - len(masked[i][0])) for i in group], device=self.device)
-            labels = torch.tensor([masked[i][1] + [-100] * (width - len(masked[i][1])) for i in group], device=self.device)
+            ids = torch.tensor([masked[i][0] + [pad] * (width - len(masked[i][0])) for i in group],
+                               device=self.device)
+            labels = torch.tensor([masked[i][1] + [-100] * (width - len(masked[i][1])) for i in group],
+                                  device=self.device)
             logits = self.model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
             logp = logits.log_softmax(-1)
             top10 = logits.topk(10, dim=-1).indices

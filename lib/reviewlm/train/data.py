@@ -13,6 +13,7 @@ from ray.data.expressions import col
 from ray.train import DataConfig
 
 from reviewlm.errors import UsageError
+from reviewlm.io.readers import with_text
 from reviewlm.train.masking import BlockMasker
 
 
@@ -23,10 +24,10 @@ def split_bucket(ids: list[str], seed: int) -> np.ndarray:
 
 
 def usable_rows(batch: pa.Table, need_rating: bool) -> pa.Table:
-    keep = pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"]))
+    batch = with_text(batch)
     if need_rating:
-        keep = pc.and_(keep, pc.is_valid(batch["rating"]))
-    return batch.filter(keep).select(["id", "text", "rating"])
+        batch = batch.filter(pc.is_valid(batch["rating"]))
+    return batch.select(["id", "text", "rating"])
 
 
 def with_split(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: int) -> pa.Table:

@@ -125,7 +125,7 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
     model_path = resolve_model(args.model)
     out = OutputDir(output, "train", overwrite).prepare(resume=resume)
     started = time.time()
-    try:
+    with out:
         init_ray(address, num_cpus)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         datasets, splits, counts = _datasets(read_reviews(fs_in, files, columns), args, tokenizer)
@@ -161,9 +161,6 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         out.commit(arguments or asdict(args), fingerprints(files), counts, {"metrics.json": metrics})
         metrics["wall_time_s"] = round(time.time() - started, 1)
         return metrics
-    except BaseException:
-        out.abort()
-        raise
 
 
 def _few_steps(total: int, per_epoch: int, args: TrainArgs) -> list[str]:
@@ -188,7 +185,8 @@ def _metrics(result, args: TrainArgs, model_path: str, counts: dict, warnings: l
     metrics = {"task": args.task, "model": args.model or "distilbert-base-uncased", "model_path": model_path,
                "rows": counts, "warnings": warnings,
                **{f"{k}_before": v for k, v in history["before"].items()},
-               "epochs": epochs, "best_epoch": best["epoch"], "best": {k: best[k] for k in best if k != "samples_per_s"},
+               "epochs": epochs, "best_epoch": best["epoch"],
+               "best": {k: v for k, v in best.items() if k != "samples_per_s"},
                "restarts": history["restarts"]}
     return metrics
 

@@ -8,6 +8,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import ray.train
@@ -16,9 +17,11 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint
 
+from reviewlm.models import mask_head
 from reviewlm.train.masking import BlockMasker
 
 STATE = "train_state.pt"
+LENGTH_GROUP = 8  # reviews: batches of similar length are cut from this many batches at a time
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,30 @@ def load_model(task: str, path: str):
     return AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=5, use_safetensors=True,
         id2label={i: f"{i + 1} stars" for i in range(5)}, label2id={f"{i + 1} stars": i for i in range(5)})
+
+
+class MaskedLMLoss(torch.nn.Module):
+    """A masked LM whose vocabulary head runs only at the labelled (masked) positions.
+
+    The same loss and gradients as the model's own forward, which projects every position
+    onto the vocabulary though only the ~15-20% masked ones have a label. `logits` are those
+    of the labelled positions, in order. Saving goes through `model`, a standard masked LM.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.head = model, mask_head(model)
+
+    def forward(self, input_ids, attention_mask, labels):
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        where = labels != -100
+        logits = self.head(hidden[where])
+        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.float(), labels[where]), logits=logits)
+
+
+def trainable(task: str, model) -> torch.nn.Module:
+    """What the optimizer and DDP see: for mlm, the model with its head only where masked."""
+    return MaskedLMLoss(model) if task == "mlm" and mask_head(model) is not None else model
 
 
 class MLMCollate(NumpyBatchCollateFn):
@@ -87,7 +114,8 @@ class Run:
     """One worker's model, optimizer and schedule, and where they train."""
 
     config: LoopConfig
-    model: torch.nn.Module
+    model: torch.nn.Module  # what trains (DDP-wrapped); `hf` is the Hugging Face model inside it
+    hf: object
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -115,12 +143,13 @@ def set_up(config: LoopConfig) -> Run:
     ctx = ray.train.get_context()
     model_path = resolve_model(config.model)  # on this node: its own cache
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(load_model(config.task, model_path))
+    hf = load_model(config.task, model_path)
+    model = ray.train.torch.prepare_model(trainable(config.task, hf))
     use_amp = device.type == "cuda" and config.precision in ("fp16", "bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.total_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    return Run(config, model, AutoTokenizer.from_pretrained(model_path), optimizer, scheduler,
+    return Run(config, model, hf, AutoTokenizer.from_pretrained(model_path), optimizer, scheduler,
                torch.amp.GradScaler(enabled=use_amp and config.precision == "fp16"), device, use_amp,
                ctx.get_world_rank(), ctx.get_world_size())
 
@@ -132,19 +161,39 @@ def restore(run: Run) -> None:
         return
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE), weights_only=True)
-        unwrap(run.model).load_state_dict(load_model(run.config.task, d).state_dict())
+        run.hf.load_state_dict(load_model(run.config.task, d).state_dict())
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
     run.history["restarts"].append({"from_epoch": run.epoch, "from_step": run.step})
 
 
+def batches(run: Run, shard, collate):
+    """This epoch's training batches on this worker's device, shuffled with a seed per epoch.
+
+    Masked LM: blocks of equal length. Reviews: batches of similar lengths (like transformers'
+    `group_by_length`): megabatches of `LENGTH_GROUP` batches are sorted by length, cut into
+    batches, and those are taken in a seeded random order. Ranks hold equal shards, so they
+    make the same number of steps.
+    """
+    bs, seed = run.config.batch_size, run.config.seed + run.epoch
+    if run.config.task == "mlm":
+        yield from shard.iter_torch_batches(batch_size=bs, collate_fn=collate, device=run.device,
+                                            local_shuffle_buffer_size=4 * bs, local_shuffle_seed=seed)
+        return
+    rng = np.random.default_rng(seed)
+    for mega in shard.iter_batches(batch_size=LENGTH_GROUP * bs, batch_format="numpy",
+                                   local_shuffle_buffer_size=LENGTH_GROUP * bs, local_shuffle_seed=seed):
+        order = np.argsort([len(x) for x in mega["input_ids"]], kind="stable")
+        groups = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for g in rng.permutation(len(groups)):
+            yield {k: v.to(run.device) for k, v in collate({k: v[groups[g]] for k, v in mega.items()}).items()}
+
+
 def train_epoch(run: Run, shard, collate) -> tuple[float, float | None]:
     """One pass over this worker's shard (or up to the step budget): mean loss, samples/s."""
     bs, losses, timer = run.config.batch_size, [], None
-    for batch in shard.iter_torch_batches(batch_size=bs, collate_fn=collate, device=run.device,
-                                          local_shuffle_buffer_size=4 * bs,
-                                          local_shuffle_seed=run.config.seed + run.epoch):
+    for batch in batches(run, shard, collate):
         with run.autocast():
             loss = run.model(**batch).loss
         run.scaler.scale(loss).backward()
@@ -170,21 +219,24 @@ def evaluate(run: Run, shard) -> dict:
     """Loss (per masked token, or per review) and accuracy over the shards of all workers.
 
     The plain module, not DDP's wrapper: its forward syncs with the other ranks, and eval
-    shards may differ in size.
+    shards may differ in size. Logits come for the labelled positions (masked tokens, or
+    every review).
     """
     model = unwrap(run.model)
     model.eval()
     loss_sum = correct = count = 0.0
     with torch.inference_mode():
-        for batch in shard.iter_torch_batches(batch_size=run.config.batch_size, collate_fn=TensorCollate(run.tokenizer.pad_token_id),
-                                              device=run.device):
+        for batch in shard.iter_torch_batches(batch_size=run.config.batch_size, device=run.device,
+                                              collate_fn=TensorCollate(run.tokenizer.pad_token_id)):
             with run.autocast():
                 out = model(**batch)
             labels = batch["labels"]
             scored = labels != -100
             n = float(scored.sum())
             loss_sum += float(out.loss) * n
-            correct += float((out.logits.argmax(-1)[scored] == labels[scored]).sum())
+            predicted = out.logits.argmax(-1)
+            predicted = predicted if predicted.shape == labels[scored].shape else predicted[scored]
+            correct += float((predicted == labels[scored]).sum())
             count += n
     loss_sum, correct, count = _all_sum([loss_sum, correct, count], run.device)
     model.train()
@@ -200,7 +252,7 @@ def save_and_report(run: Run, metrics: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if run.rank == 0:
-            unwrap(run.model).save_pretrained(d, safe_serialization=True)
+            run.hf.save_pretrained(d, safe_serialization=True)
             run.tokenizer.save_pretrained(d)
             torch.save({"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                         "epoch": run.epoch, "step": run.step, "history": run.history}, os.path.join(d, STATE))
