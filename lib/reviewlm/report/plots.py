@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import matplotlib
 
@@ -14,10 +15,16 @@ COLORS = {"wanted": "#2e8b57", "unwanted": "#c0392b", "other": "#8c8c8c"}
 
 
 def _png(fig, bottom: float = 0.0) -> bytes:
-    """PNG bytes; `bottom` keeps that fraction of the height free (for a legend below)."""
+    """PNG bytes; `bottom` keeps that fraction of the height free (for a legend below).
+
+    A token in a label that the font has no glyph for (a model may predict any script) is
+    drawn as a box, without a warning per glyph on the console.
+    """
     buf = io.BytesIO()
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(buf, format="png", dpi=100)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.tight_layout(rect=(0, bottom, 1, 1))
+        fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
 
