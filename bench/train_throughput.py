@@ -29,7 +29,7 @@ from reviewlm.models import resolve_model
 from reviewlm.synth import synth_rows, write_synth
 from reviewlm.train.data import tokenize_and_chunk, tokenize_reviews
 from reviewlm.train.job import DEFAULT_LR, TrainArgs, train_model
-from reviewlm.train.loop import MLMCollate, TensorCollate, load_model, trainable
+from reviewlm.train.loop import MLMCollate, TensorCollate, adamw, load_model, trainable
 
 ROWS = 4000
 
@@ -92,7 +92,7 @@ def own_loop(task: str, model_path: str, data: list[dict], batch: int, steps: in
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = trainable(task, load_model(task, model_path)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=DEFAULT_LR[task])
+    opt = adamw(model, DEFAULT_LR[task])
     collate = collator(task, tok)
     start = None
     for step in range(steps + 1):
