@@ -281,10 +281,12 @@ def test_bad_training_input_exits_2(s3, corpus, tmp_path, argv, message):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rows, argv, message", [
-    ([{"text": "Nike shoes are great", "rating": 5}] * 3, [], "split is empty"),
+    ([{"id": i, "text": "Nike shoes are great", "rating": 5} for i in "abc"], [], "split is empty"),  # all train
     ([{"text": "Nike shoes are great", "rating": r} for r in (0, 7, 9)] * 20, ["--task", "stars"],
      "no usable training rows"),
-], ids=["empty split", "ratings outside 1-5"])
+    ([{"id": f"r{i}", "text": f"Nike shoes number {i} are great"} for i in range(60)], ["--chunk-size", "64"],
+     "the eval text makes no block of --chunk-size 64 tokens"),
+], ids=["empty split", "ratings outside 1-5", "eval split shorter than a block"])
 def test_training_data_that_cannot_train_exits_2(tmp_path, rows, argv, message):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

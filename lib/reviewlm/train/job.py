@@ -72,6 +72,10 @@ class TrainArgs:
         return self.lr or DEFAULT_LR[self.task]
 
     @property
+    def whole_word(self) -> bool:
+        return self.whole_word_mask > 0
+
+    @property
     def mask_probability(self) -> float:
         """Whole words with `whole_word_mask`, or single tokens with `mlm_probability` when it is 0."""
         return self.whole_word_mask or self.mlm_probability
@@ -88,7 +92,7 @@ def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict, dict]:
     counts = data.require_rows(splits)
     if args.task == "mlm":
         chunk = {"tokenizer": tokenizer, "chunk_size": args.chunk_size}
-        mask = {"tokenizer": tokenizer, "probability": args.mask_probability, "whole_word": args.whole_word_mask > 0,
+        mask = {"tokenizer": tokenizer, "probability": args.mask_probability, "whole_word": args.whole_word,
                 "seed": args.seed}
         tokenized = {k: v.map_batches(data.tokenize_and_chunk, fn_kwargs=chunk, batch_format="numpy", batch_size=256)
                      for k, v in splits.items()}
@@ -103,8 +107,9 @@ def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict, dict]:
         tokenized["eval"] = tokenized["eval"].limit(args.max_eval_samples)
     tokenized = {k: v.materialize() for k, v in tokenized.items()}
     counts.update({f"{k}_{'blocks' if args.task == 'mlm' else 'samples'}": v.count() for k, v in tokenized.items()})
-    if not counts.get("train_blocks", 1):
-        raise UsageError(f"the training text makes no block of --chunk-size {args.chunk_size} tokens: "
+    short = [k for k in ("train", "eval") if counts.get(f"{k}_blocks") == 0]
+    if short:
+        raise UsageError(f"the {' and '.join(short)} text makes no block of --chunk-size {args.chunk_size} tokens: "
                          "give more data or a smaller --chunk-size")
     return tokenized, splits, counts
 
@@ -137,7 +142,7 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         warnings = _few_steps(total, steps_per_epoch, args)
         config = LoopConfig(task=args.task, model=portable_ref(args.model), epochs=args.epochs, total_steps=total,
                             batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed, precision=args.precision,
-                            whole_word=args.whole_word_mask > 0, mask_probability=args.mask_probability)
+                            whole_word=args.whole_word, mask_probability=args.mask_probability)
         storage_uri = (storage or out.uri).rstrip("/") + "/checkpoints"
         sfs, spath = filesystem(storage_uri)
         run_config = RunConfig(name="run", storage_path=spath if "file" not in sfs.protocol else os.path.abspath(spath),
