@@ -199,6 +199,9 @@ def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
     assert len(set(losses)) == 3  # and the epochs differ from each other
 
 
+FAULT_EPOCHS = 8  # the faults strike once 2 checkpoints exist: 6 epochs remain to catch a worker in
+
+
 def checkpoints(out) -> list:
     return [p for p in (out / "checkpoints" / "run").glob("checkpoint_*") if p.is_dir()]
 
@@ -209,20 +212,20 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpu
     out = tmp_path / "fault"
     # two checkpoints on disk: the first is surely registered; then a training worker is SIGKILLed
     killer = Killer(lambda: actor_pids("RayTrainWorker"), ready=lambda: len(checkpoints(out)) >= 2)
-    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": 4}))
+    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": FAULT_EPOCHS}))
     killer.join(1)
     assert killer.killed, "training ended before a worker could be killed"
     [restart] = metrics["restarts"]
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]  # not started over
-    assert metrics["epochs"][-1]["step"] == 4 * steps and (out / "_SUCCESS").exists()
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, FAULT_EPOCHS + 1))  # not started over
+    assert metrics["epochs"][-1]["step"] == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
 
 
 @pytest.mark.slow
 def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     steps = mlm_run[1]["epochs"][0]["step"]
     out = tmp_path / "killed"
-    argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", 4,
+    argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", FAULT_EPOCHS,
             "--batch-size", 16, "--lr", 1e-3, "--chunk-size", 32, "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: len(checkpoints(out)) >= 2)
     assert not (out / "_SUCCESS").exists() and not (out / "model").exists()
@@ -234,8 +237,8 @@ def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     [restart] = metrics["restarts"]
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]
-    assert metrics["epochs"][-1]["step"] == 4 * steps and (out / "_SUCCESS").exists()
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, FAULT_EPOCHS + 1))
+    assert metrics["epochs"][-1]["step"] == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
 
 
 @pytest.mark.slow
