@@ -23,11 +23,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     verbose = bool(os.environ.get(VERBOSE))
     address = address or os.environ.get("RAY_ADDRESS")
+    logs = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+        ray.init(address=address, **logs)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **logs)
         if not verbose:
             print(f"Ray logs: {ray._private.worker.global_worker.node.get_logs_dir_path()} "
                   "(--verbose to show them here)", file=sys.stderr)

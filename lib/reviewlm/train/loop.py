@@ -35,9 +35,9 @@ class LoopConfig:
     batch_size: int
     lr: float
     seed: int
-    precision: str = "fp32"
-    whole_word: bool = True
-    mask_probability: float = 0.2
+    precision: str
+    whole_word: bool
+    mask_probability: float
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
 
