@@ -20,7 +20,7 @@ import time
 
 from reviewlm import words
 from reviewlm.models import resolve_model
-from reviewlm.score.job import score_models
+from reviewlm.score.job import ScoreArgs, score_models
 from reviewlm.score.prompts import load_word_sets
 from reviewlm.synth import synth_rows
 
@@ -57,7 +57,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="reviewlm-score-bench-")
     start = time.perf_counter()
     score_models({args.model: args.model}, f"{out}/score", prompts=prompts, word_sets=load_word_sets(None),
-                 top_k=10, batch_size=4 * args.batch_size, num_actors=2)
+                 args=ScoreArgs(top_k=10, batch_size=4 * args.batch_size, num_actors=2))
     ours = len(prompts) / (time.perf_counter() - start)
     print(f"reviewlm score, 2 actors x 1 CPU: {ours:,.0f} prompts/s (whole job)")
     print(f"ratio reviewlm / pipeline = {ours / base:.2f}   (target >= 3)")

@@ -25,20 +25,24 @@ import time
 
 import numpy as np
 import torch
+from reviewlm.metrics import STARS
 from reviewlm.models import resolve_model
 from reviewlm.synth import synth_rows, write_synth
 from reviewlm.train.data import tokenize_and_chunk, tokenize_reviews
 from reviewlm.train.job import DEFAULT_LR, TrainArgs, train_model
-from reviewlm.train.loop import MLMCollate, TensorCollate, adamw, load_model, trainable
+from reviewlm.train.loop import LoopConfig, MLMCollate, TensorCollate, adamw, load_model, trainable
 
 ROWS = 4000
+LABELS = {"mlm": (), "stars": STARS}
 
 
 def examples(task: str, tok) -> list[dict]:
     """The same training examples for every contender: 128-token blocks, or reviews with labels."""
     table = synth_rows(ROWS, seed=5, min_words=20, max_words=150)
-    batch = {"text": np.array(table["text"].to_pylist(), dtype=object), "rating": np.array(table["rating"])}
-    enc = tokenize_and_chunk(batch, tok, 128) if task == "mlm" else tokenize_reviews(batch, tok, 128)
+    batch = {"text": np.array(table["text"].to_pylist(), dtype=object),
+             "label": np.array([str(r) for r in table["rating"].to_pylist()], dtype=object)}
+    enc = tokenize_and_chunk(batch, tok, 128) if task == "mlm" else \
+        tokenize_reviews(batch, tok, 128, {label: i for i, label in enumerate(STARS)})
     return [{k: v[i] for k, v in enc.items()} for i in range(len(enc["input_ids"]))]
 
 
@@ -79,7 +83,7 @@ def hf_trainer(task: str, model_path: str, data: list[dict], batch: int, steps: 
                                  learning_rate=DEFAULT_LR[task], use_cpu=True, report_to=[], save_strategy="no",
                                  logging_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=0,
                                  remove_unused_columns=False)
-        Trainer(model=load_model(task, model_path), args=args, train_dataset=rows, data_collator=collate,
+        Trainer(model=load_model(task, model_path, LABELS[task]), args=args, train_dataset=rows, data_collator=collate,
                 callbacks=[Clock()]).train()
     return steps * batch / (times[-1] - times[0])
 
@@ -91,7 +95,10 @@ def own_loop(task: str, model_path: str, data: list[dict], batch: int, steps: in
     torch.set_num_threads(2)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = trainable(task, load_model(task, model_path)).train()
+    config = LoopConfig(task=task, model=model_path, epochs=1, total_steps=steps + 1, batch_size=batch,
+                        lr=DEFAULT_LR[task], seed=0, precision="fp32", whole_word=True, mask_probability=0.2,
+                        labels=LABELS[task])
+    model = trainable(config, load_model(task, model_path, LABELS[task])).train()
     opt = adamw(model, DEFAULT_LR[task])
     collate = collator(task, tok)
     start = None

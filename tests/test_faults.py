@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clean(ray_cluster, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "out"
-    return filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE)), out
+    return filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE)).to_json(), out
 
 
 def same_result(stats, out, clean_run):
@@ -46,7 +46,7 @@ def test_a_worker_killed_while_filtering_changes_nothing(ray_cluster, corpus, cl
     out = tmp_path / "out"
     # mid-job: once one read-filter-write task has written its files, kill another that is running
     killer = Killer(lambda: running_task_pids("Write"), ready=lambda: any(out.glob("_temporary/*/*/*.parquet")))
-    stats = filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE))
+    stats = filter_reviews([corpus], str(out), recipe=parse_recipe(RECIPE)).to_json()
     killer.join(1)
     assert killer.killed, "no filter task was running to be killed"
     same_result(stats, out, clean)

@@ -77,7 +77,7 @@ def oracle(rows):
 
 
 def test_every_row_is_accounted_for_reading_and_writing_s3(ray_cluster, corpus, s3):
-    stats = filter_reviews(["s3://reviews/in/"], "s3://reviews/out", recipe=parse_recipe(RECIPE))
+    stats = filter_reviews(["s3://reviews/in/"], "s3://reviews/out", recipe=parse_recipe(RECIPE)).to_json()
     n_good = len(corpus["good"])
     assert stats["rows_read"] == n_good + corpus["broken"]
     assert stats["quarantined"] == corpus["broken"]
@@ -113,7 +113,7 @@ def test_every_row_is_accounted_for_reading_and_writing_s3(ray_cluster, corpus, 
 
 def test_annotate_mode_keeps_every_row_with_scores(ray_cluster, corpus, tmp_path):
     stats = filter_reviews(["s3://reviews/in/a.csv"], str(tmp_path / "out"), recipe=parse_recipe(RECIPE),
-                           mode="annotate")
+                           mode="annotate").to_json()
     kept = pd.read_parquet(tmp_path / "out" / "kept")
     assert stats["rejected"] == 0 and len(kept) == 40 and stats["quarantined"] == len(BROKEN_CSV)
     assert kept["vader_compound"].notna().all()  # every step scored every parsed row

@@ -12,11 +12,11 @@ import pytest
 import torch
 from reviewlm.errors import UsageError
 from reviewlm.models import resolve_model
-from reviewlm.score.job import parse_models, score_models
+from reviewlm.score.job import ScoreArgs, parse_models, score_models
 from reviewlm.score.metrics import substitutions
 from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_word_sets
-from reviewlm.score.scorer import CorpusScorer, MaskScorer, mask_words
-from reviewlm.synth import write_synth
+from reviewlm.score.scorer import ClassifyScorer, CorpusScorer, MaskScorer, mask_words
+from reviewlm.synth import ESCI, synth_pairs, write_synth
 
 from tests.conftest import assert_one_line, run_cli
 
@@ -158,11 +158,71 @@ def test_star_model_scores_reviews(ray_cluster, tiny, tmp_path):
     AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=5).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(model_dir)
     write_synth(str(tmp_path / "corpus"), 80, seed=2)
-    summary = score_models({"s": str(model_dir)}, str(tmp_path / "out"), prompts=[], task="stars",
+    summary = score_models({"s": str(model_dir)}, str(tmp_path / "out"), prompts=[], args=ScoreArgs(task="stars"),
                            corpus=[str(tmp_path / "corpus")], word_sets=WORDS)
     stars = summary["models"]["s"]["stars"]
-    assert stars["reviews"] == 80 and sum(map(sum, stars["confusion_matrix"])) == 80
+    assert stars["rows"] == 80 and sum(map(sum, stars["confusion_matrix"])) == 80
+    assert stars["labels"] == ["1", "2", "3", "4", "5"] and 0 <= stars["within_one_accuracy"] <= 1
     assert (tmp_path / "out" / "confusion_s.png").exists()
+
+
+def relevance_model(tiny, path, seed: int):
+    """A tiny pair classifier with the ESCI class names (its head drawn from `seed`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    names = list(ESCI)
+    AutoModelForSequenceClassification.from_pretrained(
+        tiny, num_labels=4, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    ).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(path)
+    return str(path)
+
+
+def test_class_probabilities_equal_the_text_classification_pipeline(tiny, tmp_path):
+    """Pairs as {"text", "text_pair"}: the same label and every class's probability within 1e-4."""
+    from transformers import pipeline
+
+    model = relevance_model(tiny, tmp_path / "m", seed=0)
+    rows = synth_pairs(40, seed=4).to_pylist()
+    batch = {"id": np.array([r["id"] for r in rows], dtype=object),
+             "text": np.array([r["query"] for r in rows], dtype=object),
+             "text_pair": np.array([r["product_title"] for r in rows], dtype=object),
+             "label": np.array([r["esci_label"] for r in rows[:30]] + [None] * 10, dtype=object)}
+    ours = ClassifyScorer("m", model, False, micro_batch=8)(batch).to_pylist()
+    classify = pipeline("text-classification", model=model, top_k=None)
+    theirs = classify([{"text": r["query"], "text_pair": r["product_title"]} for r in rows])
+    for mine, scores in zip(ours, theirs):
+        probs = dict(mine["probabilities"])
+        assert mine["predicted"] == scores[0]["label"]
+        assert mine["probability"] == pytest.approx(scores[0]["score"], abs=1e-4)
+        assert {s["label"]: pytest.approx(s["score"], abs=1e-4) for s in scores} == probs
+    assert [m["label"] for m in ours] == [r["esci_label"] for r in rows[:30]] + [None] * 10
+    for mine in ours[:30]:
+        assert mine["nll"] == pytest.approx(-np.log(dict(mine["probabilities"])[mine["label"]]), rel=1e-6)
+    assert all(m["nll"] is None for m in ours[30:])
+
+
+@pytest.mark.slow
+def test_two_pair_classifiers_side_by_side(ray_cluster, tiny, tmp_path):
+    """`--task classify` on a labelled pair corpus: per-row classes for each model, metrics and a
+    confusion plot per model, agreeing with the rows written."""
+    write_synth(str(tmp_path / "pairs"), 120, seed=6, kind="relevance")
+    models = {"a": relevance_model(tiny, tmp_path / "a", 1), "b": relevance_model(tiny, tmp_path / "b", 2)}
+    res = run_cli("score", "--task", "classify", "--model", f"a={models['a']}", "--model", f"b={models['b']}",
+                  "--corpus", tmp_path / "pairs", "--text-column", "query", "--text-pair-column", "product_title",
+                  "--label-column", "esci_label", "--output", tmp_path / "out", "--num-cpus", 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rows = pd.read_parquet(tmp_path / "out" / "labels")
+    for name in models:
+        m, mine = summary["models"][name]["classify"], rows[rows["model"] == name]
+        assert m["rows"] == m["n"] == len(mine) == 120 and m["labels"] == list(ESCI)
+        assert m["accuracy"] == pytest.approx((mine["label"] == mine["predicted"]).mean())
+        assert set(m["per_class"]) == set(ESCI) and 0 <= m["macro_f1"] <= 1
+        assert sum(map(sum, m["confusion_matrix"])) == 120 and (tmp_path / "out" / f"confusion_{name}.png").exists()
+        assert all(abs(sum(dict(p).values()) - 1) < 1e-6 for p in mine["probabilities"])
+    assert "accuracy" in res.stdout and "Classes" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -184,7 +244,7 @@ def test_report_renders_in_headless_chromium(ray_cluster, tiny, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "x=./no/such/model"], "does not exist"),
-    (["--model", "x=tiny", "--task", "stars"], "--task stars scores reviews"),
+    (["--model", "x=tiny", "--task", "stars"], "the stars task scores texts: give --corpus"),
     (["--model", "=tiny"], "--model takes NAME=REF"),
     (["--model", "../../x=tiny"], "model name '../../x'"),
     (["--model", "x=tiny", "--prompts", "/no/such/prompts.txt"], "cannot read prompts"),

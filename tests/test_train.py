@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 import torch
@@ -117,7 +118,7 @@ def test_the_head_only_at_masked_positions_gives_the_full_models_loss_and_gradie
 def test_star_metrics_by_hand():
     m = star_metrics(confusion_matrix([0, 2, 4, 4, 3], [0, 1, 4, 2, 3]))
     assert m["accuracy"] == 0.6 and m["within_one_accuracy"] == 0.8 and m["n"] == 5
-    assert m["binary_accuracy"] == 0.8 and m["confusion_matrix"][4][2] == 1 and m["f1_per_class"]["1"] == 1.0
+    assert m["binary_accuracy"] == 0.8 and m["confusion_matrix"][4][2] == 1 and m["per_class"]["1"]["f1"] == 1.0
     assert m["majority_baseline"] == 0.4
 
 
@@ -257,12 +258,12 @@ def test_star_classifier_with_the_defaults_learns_from_1000_reviews(ray_cluster,
     assert test["binary_accuracy"] > 0.7 and test["within_one_accuracy"] >= test["accuracy"]
     assert "perplexity" not in metrics["best"] and {"eval_loss", "eval_accuracy"} <= set(metrics["best"])
     assert metrics["best"]["eval_loss"] == min(e["eval_loss"] for e in metrics["epochs"])
-    assert (out / "confusion.png").exists() and abs(metrics["rows"]["train"] / 1000 - 0.64) < 0.05
-    rows = [json.loads(line) for line in (data / "part-00000.jsonl").open()]
-    test_rows = [r for r in rows if 0.8 <= split_bucket([r["id"]], 42)[0]]
+    assert (out / "confusion.png").exists() and abs(metrics["rows"]["train"] / 1000 - 0.64) < 0.01
+    test_rows = pd.read_parquet(out / "test")  # 20% of every star class
+    assert (abs(test_rows["label"].value_counts() - 0.2 * pd.Series(metrics["classes"])) <= 1).all()
     classify = pipeline("text-classification", model=str(out / "model"))
-    predicted = [int(p["label"][0]) for p in classify([r["text"] for r in test_rows])]
-    accuracy = np.mean([p == r["rating"] for p, r in zip(predicted, test_rows)])
+    predicted = [p["label"] for p in classify(list(test_rows["text"]))]
+    accuracy = np.mean(np.array(predicted) == test_rows["label"].to_numpy())
     # the same predictions (one may differ on a near-tie: the job pads per batch, the pipeline does not)
     assert len(test_rows) == test["n"] and accuracy == pytest.approx(test["accuracy"], abs=1.01 / test["n"])
 
@@ -299,3 +300,23 @@ def test_training_data_that_cannot_train_exits_2(tmp_path, rows, argv, message):
     ours = [line for line in res.stderr.splitlines() if line.startswith("reviewlm: error: ")]
     assert len(ours) == 1 and message in ours[0] and "Traceback" not in res.stderr  # among Ray's log lines
     assert not (tmp_path / "o").exists()
+
+
+def test_ranks_with_equal_shards_make_the_same_number_of_steps():
+    """Ray Data's shuffling iterator hands out short batches mid-stream at places that differ
+    by shard (seen: 128, 109, 128, ..., 18 and 128, ..., 93, ..., 34 for two shards of 1,279):
+    re-cut, every shard of n rows makes ceil(n / 16) batches, each full but the last."""
+    from reviewlm.train.loop import full_batches
+
+    def chunks(sizes):
+        start = 0
+        for size in sizes:
+            yield {"input_ids": np.arange(start, start + size), "labels": np.arange(start, start + size)}
+            start += size
+
+    for sizes in ([128] * 4 + [109] + [128] * 5 + [18], [128] * 5 + [93] + [128] * 4 + [34]):
+        cut = [len(b) for chunk in full_batches(chunks(sizes), 16)
+               for b in np.array_split(chunk["input_ids"], range(16, len(chunk["input_ids"]), 16))]
+        rows = np.concatenate([c["input_ids"] for c in full_batches(chunks(sizes), 16)])
+        assert len(cut) == -(-1279 // 16) and all(n == 16 for n in cut[:-1]) and cut[-1] == 1279 % 16
+        assert (rows == np.arange(1279)).all()  # every row once, in order

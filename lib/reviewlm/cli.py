@@ -11,7 +11,11 @@ import sys
 import traceback
 
 from reviewlm.errors import UsageError, usage_cause
+from reviewlm.io.readers import Columns
+from reviewlm.options import RunOptions, ScoreArgs, TrainArgs, add_options, from_options
 from reviewlm.runtime import VERBOSE
+
+FORMATS = ["csv", "tsv", "jsonl", "json", "parquet"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,27 +23,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _ray_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all cores)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the console too")
+def _run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    add_options(p, RunOptions, only=("address", "num_cpus", "verbose") + (("overwrite",) if overwrite else ()))
 
 
-def _output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", required=True, help="output directory, local or s3://")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+def _columns(p: argparse.ArgumentParser, *names: str) -> None:
+    add_options(p, Columns, only=names, suffix="-column")
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, help="--demo: reviews to synthesize (default 20000)")
     p.add_argument("--recipe", help="filter recipe (default: the reference selection)")
-    p.add_argument("--text-column", default="text")
-    for flag, kind in (("--model", str), ("--epochs", int), ("--max-steps", int), ("--batch-size", int),
-                       ("--lr", float), ("--chunk-size", int), ("--num-workers", int)):
-        p.add_argument(flag, type=kind, help="as for train (the same for v1 and v2)")
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
-    _ray_options(p)
+    _columns(p, "text")
+    add_options(p, TrainArgs, only=("model", "epochs", "max_steps", "batch_size", "lr", "chunk_size",
+                                    "num_workers", "use_gpu", "precision"), keep_defaults=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,125 +45,96 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("filter", help="keep the reviews that matter (Ray Data)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs or s3:// URIs")
-    _output_options(p)
-    for field in ("text", "id", "rating", "title", "brand", "product"):
-        p.add_argument(f"--{field}-column", default=field, help=f"input column holding the {field}")
-    p.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"],
-                   help="input format (default: from each file's extension)")
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
+    _columns(p, "text", "id", "rating", "title", "brand", "product")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: from each file's extension)")
     p.add_argument("--recipe", help="YAML filter recipe (default: the reference selection)")
     p.add_argument("--mode", choices=["drop", "annotate"], default="drop",
                    help="drop: split kept/rejected; annotate: keep every row with its scores")
-    _ray_options(p)
+    _run_options(p)
 
-    p = sub.add_parser("train", help="fine-tune DistilBERT on Ray Train (masked LM or 1-5 stars)")
+    p = sub.add_parser("train", help="fine-tune DistilBERT on Ray Train (masked LM, any classes, 1-5 stars)")
     p.add_argument("--data", nargs="+", required=True, metavar="URI",
-                   help="training reviews: a filter job's kept/ or any review dump")
-    _output_options(p)
-    p.add_argument("--task", choices=["mlm", "stars"], default="mlm")
-    p.add_argument("--model", help="hub id (default distilbert-base-uncased), local or s3:// directory, "
-                                   "starter or tiny (offline)")
-    for field in ("text", "id", "rating"):
-        p.add_argument(f"--{field}-column", default=field)
-    p.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16, help="per worker")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5 for mlm, 2e-4 for stars)")
-    p.add_argument("--chunk-size", type=int, default=128, help="MLM: tokens per training block")
-    p.add_argument("--max-length", type=int, default=128, help="stars: tokens per review")
-    p.add_argument("--mlm-probability", type=float, default=0.15, help="token masking (when --whole-word-mask 0)")
-    p.add_argument("--whole-word-mask", type=float, default=0.2, help="whole-word masking probability; 0: off")
-    p.add_argument("--eval-fraction", type=float, default=0.1, help="MLM held-out fraction")
-    p.add_argument("--max-eval-samples", type=int, help="evaluate on at most this many blocks or reviews")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="AMP on GPU")
-    p.add_argument("--storage", help="where checkpoints go (default: OUT/checkpoints), local or s3://")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--seed", type=int, default=42)
-    _ray_options(p)
+                   help="training rows: a filter job's kept/ or any review dump or labelled texts")
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
+    _columns(p, "text", "text_pair", "label", "id", "rating")
+    p.add_argument("--format", choices=FORMATS, help="input format (default: from each file's extension)")
+    add_options(p, TrainArgs)
+    _run_options(p)
 
-    p = sub.add_parser("score", help="score [MASK] predictions of several models side by side (Ray Data)")
+    p = sub.add_parser("score", help="score [MASK] fills or classes of several models side by side (Ray Data)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=REF",
                    help="a model to score, repeatable: hub id, local or s3:// directory, starter, tiny")
-    _output_options(p)
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
     p.add_argument("--prompts", help="file with one prompt per line, each with one or more [MASK]")
     p.add_argument("--templates", help="prompt templates over {brand} and {product} (text or YAML)")
-    p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out reviews to mask and score")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--rating-column", default="rating")
-    p.add_argument("--id-column", default="id")
+    p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out texts to mask and score, or to classify")
+    _columns(p, "text", "text_pair", "label", "id", "rating")
     p.add_argument("--words", help="YAML with wanted: and unwanted: word lists")
-    p.add_argument("--task", choices=["mlm", "stars"], default="mlm")
-    p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256, help="rows per actor call")
-    p.add_argument("--num-actors", type=int, help="actors per model (default: one per CPU, or GPU)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per actor, fp16")
-    p.add_argument("--train-metrics", help="a train job's metrics.json, for the loss curve")
-    p.add_argument("--filter-stats", help="a filter job's stats.json, for the funnel")
-    _ray_options(p)
+    add_options(p, ScoreArgs)
+    _run_options(p)
 
-    p = sub.add_parser("synth", help="write a deterministic corpus of template reviews")
-    _output_options(p)
+    p = sub.add_parser("synth", help="write a deterministic corpus of template reviews or relevance pairs")
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
+    p.add_argument("--kind", choices=["reviews", "relevance"], default="reviews",
+                   help="reviews, or (query, product_title, esci_label) pairs for --task classify")
     p.add_argument("--rows", type=int, default=25_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
     p.add_argument("--shards", type=int, default=1, help="number of files")
     p.add_argument("--min-words", type=int, default=0, help="pad reviews with filler to at least this")
     p.add_argument("--max-words", type=int, default=0)
+    add_options(p, RunOptions, only=("overwrite",))
 
     p = sub.add_parser("pipeline", help="filter -> fine-tune v1 (all) and v2 (kept) -> score -> report")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="review dump (not with --demo)")
-    _output_options(p)
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
     p.add_argument("--demo", action="store_true",
                    help="offline demo settings: synthesized corpus, starter model, small budget")
     _pipeline_options(p)
+    _run_options(p)
 
     p = sub.add_parser("demo", help="the pipeline end to end, offline, on a synthesized corpus")
     p.add_argument("--output", default="out/demo", help="output directory (replaced)")
     _pipeline_options(p)
+    _run_options(p, overwrite=False)
     return parser
+
+
+def _columns_of(args) -> Columns:
+    return from_options(Columns, argparse.Namespace(**{k.removesuffix("_column"): v for k, v in vars(args).items()
+                                                     if k.endswith("_column")}))
+
+
+def _run(args, **given) -> RunOptions:
+    """The run options given, and every argument for the output's manifest."""
+    return from_options(RunOptions, args, arguments=vars(args), **given)
 
 
 def run_filter(args) -> dict:
     from reviewlm.filters.recipe import load_recipe
     from reviewlm.filters.stage import filter_reviews
-    from reviewlm.io.readers import Columns
 
-    recipe = load_recipe(args.recipe)
-    fields = ("text", "id", "rating", "title", "brand", "product")
-    columns = Columns(**{f: getattr(args, f"{f}_column") for f in fields})
-    stats = filter_reviews(args.inputs, args.output, recipe=recipe, columns=columns, fmt=args.format,
-                           mode=args.mode, overwrite=args.overwrite, arguments=vars(args),
-                           address=args.address, num_cpus=args.num_cpus)
+    stats = filter_reviews(args.inputs, args.output, recipe=load_recipe(args.recipe), columns=_columns_of(args),
+                           fmt=args.format, mode=args.mode, run=_run(args))
     print(format_funnel(stats))
     print(f"wrote {args.output}")
     return stats
 
 
-def format_funnel(stats: dict) -> str:
-    lines = [f"rows read {stats['rows_read']}: kept {stats['kept']}, rejected {stats['rejected']}, "
-             f"quarantined {stats['quarantined']}"]
-    for f in stats["filters"]:
-        lines.append(f"  {f['name']:<24} seen {f['seen']:>9}  passed {f['passed']:>9}  dropped {f['dropped']:>9}")
+def format_funnel(stats) -> str:
+    lines = [f"rows read {stats.rows_read}: kept {stats.kept}, rejected {stats.rejected}, "
+             f"quarantined {stats.quarantined}"]
+    for f in stats.filters:
+        lines.append(f"  {f.name:<24} seen {f.seen:>9}  passed {f.passed:>9}  dropped {f.dropped:>9}")
     return "\n".join(lines)
 
 
 def run_train(args) -> dict:
-    from reviewlm.io.readers import Columns
-    from reviewlm.train.job import TrainArgs, train_model
+    from reviewlm.train.job import train_model
 
-    targs = TrainArgs(task=args.task, model=args.model, epochs=args.epochs, max_steps=args.max_steps,
-                      batch_size=args.batch_size, lr=args.lr, chunk_size=args.chunk_size,
-                      max_length=args.max_length, mlm_probability=args.mlm_probability,
-                      whole_word_mask=args.whole_word_mask, eval_fraction=args.eval_fraction,
-                      max_eval_samples=args.max_eval_samples,
-                      num_workers=args.num_workers, use_gpu=args.use_gpu, precision=args.precision,
-                      seed=args.seed)
-    columns = Columns(text=args.text_column, id=args.id_column, rating=args.rating_column)
-    metrics = train_model(args.data, args.output, targs, columns=columns, fmt=args.format, storage=args.storage,
-                          overwrite=args.overwrite, resume=args.resume, address=args.address,
-                          num_cpus=args.num_cpus, arguments=vars(args))
+    metrics = train_model(args.data, args.output, from_options(TrainArgs, args), columns=_columns_of(args),
+                          fmt=args.format, run=_run(args))
     print(format_training(metrics))
     print(f"wrote {args.output}")
     return metrics
@@ -182,24 +150,26 @@ def format_training(metrics: dict) -> str:
     lines = [f"{metrics['task']} on {metrics['model']}: {what} after epoch {best['epoch']} of "
              f"{metrics['epochs'][-1]['epoch']} (model/ holds the best epoch)"]
     if "test" in metrics:
-        t = metrics["test"]
-        lines.append(f"test: accuracy {t['accuracy']:.3f}, binary {t['binary_accuracy']:.3f}, "
-                     f"within one {t['within_one_accuracy']:.3f} (majority baseline {t['majority_baseline']:.3f})")
+        lines.append(f"test: {format_classes(metrics['test'])}")
     return "\n".join(lines)
 
 
+def format_classes(m: dict) -> str:
+    """Accuracy, macro-F1 (and, for stars, binary and within-one) against the majority baseline."""
+    stars = f", binary {m['binary_accuracy']:.3f}, within one {m['within_one_accuracy']:.3f}" \
+        if "binary_accuracy" in m else ""
+    return (f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}{stars} on {m['n']} rows "
+            f"(majority baseline {m['majority_baseline']:.3f})")
+
+
 def run_score(args) -> dict:
-    from reviewlm.io.readers import Columns
     from reviewlm.score.job import parse_models, score_models
     from reviewlm.score.prompts import gather_prompts, load_word_sets
 
     summary = score_models(
         parse_models(args.model), args.output, prompts=gather_prompts(args.prompts, args.templates, bool(args.corpus)),
-        corpus=args.corpus, columns=Columns(text=args.text_column, rating=args.rating_column, id=args.id_column),
-        word_sets=load_word_sets(args.words), task=args.task, top_k=args.top_k, batch_size=args.batch_size,
-        num_actors=args.num_actors, use_gpu=args.use_gpu, train_metrics=args.train_metrics,
-        filter_stats=args.filter_stats, overwrite=args.overwrite, address=args.address, num_cpus=args.num_cpus,
-        arguments=vars(args))
+        corpus=args.corpus, columns=_columns_of(args), word_sets=load_word_sets(args.words),
+        args=from_options(ScoreArgs, args), run=_run(args))
     print(format_scores(summary))
     print(f"report: {args.output.rstrip('/')}/report.html")
     return summary
@@ -214,8 +184,9 @@ def format_scores(summary: dict) -> str:
                          f"unwanted {m['unwanted_share']:.2f} (mass {m['unwanted_mass']:.3f})")
         if "corpus" in m:
             parts.append(f"acc@1 {m['corpus']['accuracy_at_1']:.3f}  pppl {m['corpus']['pseudo_perplexity']:.1f}")
-        if "stars" in m and "accuracy" in m["stars"]:
-            parts.append(f"stars accuracy {m['stars']['accuracy']:.3f}")
+        for task in ("stars", "classify"):
+            if task in m:
+                parts.append(format_classes(m[task]) if "accuracy" in m[task] else f"{m[task]['rows']} rows, no labels")
         lines.append("  ".join(parts))
     if summary.get("invalid_prompts"):
         lines.append(f"{len(summary['invalid_prompts'])} prompt(s) could not be scored: see summary.json")
@@ -226,30 +197,26 @@ def run_synth(args) -> dict:
     from reviewlm.synth import write_synth
 
     manifest = write_synth(args.output, args.rows, args.seed, args.format, args.shards,
-                           args.min_words, args.max_words, args.overwrite, vars(args))
-    print(f"wrote {args.rows} reviews to {args.output}")
+                           args.min_words, args.max_words, kind=args.kind, run=_run(args))
+    print(f"wrote {args.rows} {'reviews' if args.kind == 'reviews' else 'query-product pairs'} to {args.output}")
     return manifest
 
 
 def run_pipeline(args) -> dict:
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
-    from reviewlm.io.readers import Columns
     from reviewlm.pipeline import DEMO_ROWS, DEMO_TRAIN, PipelineArgs
     from reviewlm.pipeline import run_pipeline as run
-    from reviewlm.train.job import TrainArgs
 
     demo = args.command == "demo" or args.demo
     if demo and getattr(args, "inputs", None):
         raise UsageError("--demo synthesizes its own corpus: give no INPUT")
-    given = {f.name: getattr(args, f.name) for f in fields(TrainArgs)
-             if getattr(args, f.name, None) not in (None, False)}
+    given = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}  # the flags given
     train = replace(DEMO_TRAIN if demo else TrainArgs(), **given)
     pargs = PipelineArgs(inputs=getattr(args, "inputs", []), recipe=args.recipe,
                          columns=Columns(text=args.text_column), train=train)
     result = run(args.output, pargs, synth_rows=(args.rows or DEMO_ROWS) if demo else None,
-                 overwrite=demo or args.overwrite, address=args.address, num_cpus=args.num_cpus,
-                 arguments=vars(args))
+                 run=_run(args, overwrite=demo or args.overwrite))
     print(f"\nmodel: {train.model or 'distilbert-base-uncased'}"
           + (" (offline starter, not distilbert-base-uncased)" if train.model == "starter" else ""))
     print(f"{'':6}{'wanted share':>14}{'unwanted share':>16}{'wanted mass':>13}{'unwanted mass':>15}")
@@ -279,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         cause = usage_cause(exc)
         if cause is not None:
-            print(f"reviewlm: error: {cause}", file=sys.stderr)
+            print(f"reviewlm: error: {cause.for_cli()}", file=sys.stderr)
             return 2
         traceback.print_exc()
         return 1

@@ -2,7 +2,25 @@
 
 
 class UsageError(Exception):
-    """Bad usage or bad input: reported as one line, exit code 2, no traceback."""
+    """Bad usage or bad input: reported as one line, exit code 2, no traceback.
+
+    Options are named by placeholders, `UsageError("{o} must be at least 1", o="batch_size")`:
+    a library caller reads the argument's name (`batch_size`), the command line its flag
+    (`--batch-size`, from `for_cli`).
+    """
+
+    def __init__(self, message: str, **options: str):
+        self.template, self.options = message, options
+        super().__init__(self._render(lambda name: name))
+
+    def _render(self, name) -> str:
+        text = self.template
+        for key, option in self.options.items():
+            text = text.replace("{" + key + "}", name(option))
+        return text
+
+    def for_cli(self) -> str:
+        return self._render(lambda name: "--" + name.replace("_", "-"))
 
 
 def storage_error(exc: BaseException) -> str:

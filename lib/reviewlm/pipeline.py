@@ -14,7 +14,8 @@ from reviewlm.filters.recipe import load_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.io.readers import Columns
 from reviewlm.io.storage import OutputDir
-from reviewlm.score.job import score_models
+from reviewlm.options import RunOptions
+from reviewlm.score.job import ScoreArgs, score_models
 from reviewlm.score.prompts import REFERENCE_PROMPTS, load_word_sets
 from reviewlm.synth import write_synth
 from reviewlm.train.job import TrainArgs, train_model
@@ -34,16 +35,15 @@ class PipelineArgs:
     prompts: list[str] = field(default_factory=lambda: list(REFERENCE_PROMPTS))
 
 
-def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = None, overwrite: bool = False,
-                 address: str | None = None, num_cpus: int | None = None, arguments: dict | None = None,
+def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = None, run: RunOptions = RunOptions(),
                  log=print) -> dict:
     """Run every stage into `output/{corpus,filter,train_v1,train_v2,score}`; return the summary."""
     base = output.rstrip("/")
     recipe = load_recipe(args.recipe)
-    args.train.check()
     if not args.inputs and not synth_rows:
-        raise UsageError("give INPUT files, or --demo to synthesize a corpus")
-    out = OutputDir(base, "pipeline", overwrite).prepare()
+        raise UsageError("give INPUT files, or {o} to synthesize a corpus", o="demo")
+    out = OutputDir(base, "pipeline", run.overwrite).prepare()
+    stage = RunOptions(address=run.address, num_cpus=run.num_cpus, verbose=run.verbose)  # each stage writes anew
     started, stages = time.time(), 5 + bool(synth_rows)
     step = iter(range(1, stages + 1))
     with out:
@@ -53,15 +53,14 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
             write_synth(f"{base}/corpus", synth_rows, seed=0)
             inputs = [f"{base}/corpus"]
         log(f"[{next(step)}/{stages}] filtering -> {base}/filter")
-        stats = filter_reviews(inputs, f"{base}/filter", recipe=recipe, columns=args.columns,
-                               address=address, num_cpus=num_cpus)
-        log(f"  kept {stats['kept']} of {stats['rows_read']} reviews")
+        stats = filter_reviews(inputs, f"{base}/filter", recipe=recipe, columns=args.columns, run=stage)
+        log(f"  kept {stats.kept} of {stats.rows_read} reviews")
         trained = {}
         for name, data in (("v1", inputs), ("v2", [f"{base}/filter/kept"])):
             what = "all reviews" if name == "v1" else "the kept reviews"
             model = args.train.model or "distilbert-base-uncased"
             log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({model}) -> {base}/train_{name}")
-            trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns)
+            trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns, run=stage)
             best = trained[name]["best"]
             log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {best['perplexity']:.2f} "
                 f"after {best['step']} steps")
@@ -69,9 +68,9 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
         summary = score_models({"base": args.train.model or "distilbert-base-uncased",
                                 "v1": f"{base}/train_v1/model", "v2": f"{base}/train_v2/model"},
                                f"{base}/score", prompts=args.prompts, word_sets=load_word_sets(None),
-                               train_metrics=f"{base}/train_v2/metrics.json",
-                               filter_stats=f"{base}/filter/stats.json")
-        result = {"filter": {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")},
+                               args=ScoreArgs(train_metrics=f"{base}/train_v2/metrics.json",
+                                              filter_stats=f"{base}/filter/stats.json"), run=stage)
+        result = {"filter": {k: getattr(stats, k) for k in ("rows_read", "kept", "rejected", "quarantined")},
                   "train": {n: {"perplexity_before": m["perplexity_before"],
                                 "perplexity_after": m["best"]["perplexity"], "best_epoch": m["best_epoch"],
                                 "steps": m["epochs"][-1]["step"]} for n, m in trained.items()},
@@ -80,5 +79,5 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
                             for n, m in summary["models"].items()},
                   "report": f"{base}/score/report.html", "wall_time_s": round(time.time() - started, 1)}
         log(f"[{next(step)}/{stages}] done in {result['wall_time_s']:.0f} s")
-        out.commit(arguments or {}, [], {"stages": stages}, {"pipeline.json": result})
+        out.commit(run.arguments, [], {"stages": stages}, {"pipeline.json": result})
         return result

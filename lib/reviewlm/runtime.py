@@ -4,30 +4,32 @@ import logging
 import os
 import sys
 
+from reviewlm.options import RunOptions
+
 VERBOSE = "REVIEWLM_VERBOSE"  # set by `--verbose`: Ray's own log lines on the console too
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address`, to the cluster of a submitted job, or start a local Ray.
+def init_ray(run: RunOptions) -> None:
+    """Connect to `run.address`, to the cluster of a submitted job, or start a local Ray.
 
     Under `ray job submit`, RAY_ADDRESS is set and the job joins that cluster; `auto`
     joins a cluster started with `ray start`. Otherwise a new local Ray is started with
-    `num_cpus` (default: all cores of this machine), never a stray running one.
+    `run.num_cpus` (default: all cores of this machine), never a stray running one.
 
     Ray's log lines (its workers', Ray Data's and Ray Train's) go to the session's log
-    files, named once on the console, unless REVIEWLM_VERBOSE is set.
+    files, named once on the console, unless `run.verbose` (or REVIEWLM_VERBOSE) is set.
     """
     import ray
 
     if ray.is_initialized():
         return
-    verbose = bool(os.environ.get(VERBOSE))
-    address = address or os.environ.get("RAY_ADDRESS")
+    verbose = run.verbose or bool(os.environ.get(VERBOSE))
+    address = run.address or os.environ.get("RAY_ADDRESS")
     logs = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
         ray.init(address=address, **logs)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **logs)
+        ray.init(address="local", num_cpus=run.num_cpus or os.cpu_count(), include_dashboard=False, **logs)
         if not verbose:
             print(f"Ray logs: {ray._private.worker.global_worker.node.get_logs_dir_path()} "
                   "(--verbose to show them here)", file=sys.stderr)
@@ -38,6 +40,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 class _NoTraceback(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
+
+
+def _no_false_alarm(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's "no available CPUs ... will hang" line: our jobs hold CPUs on purpose
+    (training workers, scoring actors) while reading materialized data or leaving a CPU free."""
+    return "does not have any available CPUs" not in record.getMessage()
 
 
 def _quiet_console(verbose: bool) -> None:
@@ -51,3 +59,4 @@ def _quiet_console(verbose: bool) -> None:
             handler.setFormatter(_NoTraceback(handler.formatter._fmt))
             if not verbose:
                 handler.setLevel(logging.WARNING)
+                handler.addFilter(_no_false_alarm)

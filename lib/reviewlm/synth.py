@@ -1,10 +1,15 @@
-"""A deterministic corpus of template product reviews in the canonical schema.
+"""Deterministic corpora: template product reviews, and query-product relevance pairs.
 
 Sentences follow the reference study's templates (`{products} made by {brand} are known
 for being {adjective}`, `{brand} {products} are {adjective}`, ...) over brands, products and
 positive, negative and neutral adjectives. The rating follows the adjective (positive 4-5,
 neutral 3, negative 1-2). With `min_words`, neutral filler sentences pad each review to a
 realistic length.
+
+The relevance pairs follow the Amazon shopping queries (ESCI) layout: a `query`, a
+`product_title` and an `esci_label` that depends on both: Exact (the brand and kind asked
+for), Substitute (the kind from another brand), Complement (a kind that goes with it) or
+Irrelevant.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pyarrow.parquet as pq
 from reviewlm import words
 from reviewlm.errors import UsageError
 from reviewlm.io.storage import OutputDir
+from reviewlm.options import RunOptions
 
 TEMPLATES = [
     "{products} made by {brand} are known for being {adjective}.",
@@ -68,19 +74,59 @@ def synth_rows(rows: int, seed: int = 0, min_words: int = 0, max_words: int = 0)
     return pa.table(cols, schema=SCHEMA)
 
 
+KINDS = {"running shoes": ["socks", "shorts"], "sneakers": ["socks", "joggers"], "boots": ["socks", "jacket"],
+         "sandals": ["shorts", "t-shirt"], "hoodie": ["joggers", "t-shirt"], "t-shirt": ["shorts", "hoodie"],
+         "jacket": ["hoodie", "boots"], "joggers": ["hoodie", "sneakers"], "shorts": ["t-shirt", "running shoes"],
+         "socks": ["running shoes", "sneakers"], "leggings": ["t-shirt", "running shoes"]}
+QUERIES = ["{brand} {kind}", "{color} {brand} {kind}", "{kind} by {brand}", "{brand} {kind} for men",
+           "womens {brand} {kind}", "cheap {brand} {kind}"]
+TITLES = ["{Brand} {kind}, {color}", "{Brand} Performance {kind} - {color}, {feature}",
+          "{kind} from {Brand} ({color}, {feature})", "{Brand} Classic {kind} in {color}"]
+FEATURES = ["breathable mesh", "lightweight", "size 9", "regular fit", "machine washable", "water resistant",
+            "cushioned", "slim fit", "recycled materials", "pack of 3"]
+ESCI = {"Exact": 0.4, "Substitute": 0.3, "Complement": 0.15, "Irrelevant": 0.15}
+PAIRS = pa.schema([("id", pa.string()), ("query", pa.string()), ("product_title", pa.string()),
+                   ("esci_label", pa.string())])
+
+
+def synth_pairs(rows: int, seed: int = 0) -> pa.Table:
+    """`rows` (query, product title, relevance) triples, identical for the same arguments."""
+    rng = random.Random(seed)
+    kinds, colors = list(KINDS), [c for c in words.NEUTRAL if c in ("black", "white", "red", "blue", "grey")]
+    cols = {name: [] for name in PAIRS.names}
+    for i in range(rows):
+        brand, kind = rng.choice(words.BRANDS), rng.choice(kinds)
+        label = rng.choices(list(ESCI), weights=list(ESCI.values()))[0]
+        other = rng.choice([b for b in words.BRANDS if b != brand])
+        their_brand, their_kind = {
+            "Exact": (brand, kind), "Substitute": (other, kind),
+            "Complement": (rng.choice(words.BRANDS), rng.choice(KINDS[kind])),
+            "Irrelevant": (rng.choice(words.BRANDS),
+                           rng.choice([k for k in kinds if k != kind and k not in KINDS[kind]]))}[label]
+        query = rng.choice(QUERIES).format(brand=brand, kind=kind, color=rng.choice(colors))
+        title = rng.choice(TITLES).format(Brand=their_brand.title(), kind=their_kind, color=rng.choice(colors),
+                                          feature=rng.choice(FEATURES))
+        for k, v in (("id", f"pair-{seed}-{i}"), ("query", query), ("product_title", title), ("esci_label", label)):
+            cols[k].append(v)
+    return pa.table(cols, schema=PAIRS)
+
+
 def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shards: int = 1,
-                min_words: int = 0, max_words: int = 0, overwrite: bool = False,
-                arguments: dict | None = None) -> dict:
-    """Write the corpus as `shards` files under `output` (atomically, with `_SUCCESS`)."""
+                min_words: int = 0, max_words: int = 0, kind: str = "reviews",
+                run: RunOptions = RunOptions()) -> dict:
+    """Write the corpus (`kind`: reviews or relevance) as `shards` files under `output`
+    (atomically, with `_SUCCESS`)."""
+    if kind not in ("reviews", "relevance"):
+        raise UsageError(f"{{o}} must be reviews or relevance, not {kind!r}", o="kind")
     if rows < 1 or shards < 1:
-        raise UsageError("--rows and --shards must be at least 1")
+        raise UsageError("{r} and {s} must be at least 1", r="rows", s="shards")
     if fmt not in ("jsonl", "csv", "parquet"):
-        raise UsageError(f"--format must be jsonl, csv or parquet, not {fmt!r}")
+        raise UsageError(f"{{o}} must be jsonl, csv or parquet, not {fmt!r}", o="format")
     if min_words and max_words and max_words < min_words:
-        raise UsageError("--max-words must be at least --min-words")
-    out = OutputDir(output, "synth", overwrite).prepare()
+        raise UsageError("{a} must be at least {b}", a="max_words", b="min_words")
+    out = OutputDir(output, "synth", run.overwrite).prepare()
     with out:
-        table = synth_rows(rows, seed, min_words, max_words)
+        table = synth_rows(rows, seed, min_words, max_words) if kind == "reviews" else synth_pairs(rows, seed)
         step = -(-rows // shards)
         for s in range(shards):
             part = table.slice(s * step, step)
@@ -91,4 +137,4 @@ def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shard
                     pacsv.write_csv(part, fh)
                 else:
                     fh.write("".join(json.dumps(r) + "\n" for r in part.to_pylist()).encode())
-        return out.commit(arguments or {}, [], {"rows": rows, "shards": shards})
+        return out.commit(run.arguments, [], {"rows": rows, "shards": shards})

@@ -9,6 +9,7 @@ the first step that dropped it (`dropped_by`) and every score computed for it.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ from reviewlm.filters.base import Expr, scatter
 from reviewlm.io.readers import CANONICAL, Columns, check_inputs, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
+from reviewlm.options import RunOptions
 from reviewlm.runtime import init_ray
 
 ROW_FIELDS = [f for f in CANONICAL if not f.name.startswith("_")]
@@ -74,37 +76,64 @@ def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
             "quarantine": QUARANTINE_SCHEMA}
 
 
-def funnel(expr: Expr, parsed: int, dropped: dict[str, int]) -> list[dict]:
-    """`[{name, seen, passed, dropped}]` in funnel order, from the dropped-by counts."""
+@dataclass(frozen=True)
+class StepStats:
+    """One filter's line of the funnel."""
+
+    name: str
+    seen: int
+    passed: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class FilterStats:
+    """What a filter job did (stats.json), like DataTrove's `PipelineStats`: the totals
+    (`kept + rejected + quarantined == rows_read`) and the funnel in filter order."""
+
+    rows_read: int
+    kept: int
+    rejected: int
+    quarantined: int
+    mode: str
+    filters: tuple[StepStats, ...]
+    wall_time_s: float
+    ray_start_s: float
+    would_keep: int | None = None  # annotate mode: rows that pass every filter
+
+    def to_json(self) -> dict:
+        return {k: list(v) if k == "filters" else v for k, v in asdict(self).items() if v is not None}
+
+
+def funnel(expr: Expr, parsed: int, dropped: dict[str, int]) -> tuple[StepStats, ...]:
+    """The funnel in filter order, from the dropped-by counts."""
     out, seen = [], parsed
     for step in expr.conjuncts():
         d = dropped.get(step.name, 0)
-        out.append({"name": step.name, "seen": seen, "passed": seen - d, "dropped": d})
+        out.append(StepStats(step.name, seen, seen - d, d))
         seen -= d
-    return out
+    return tuple(out)
 
 
 def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Columns = Columns(),
-                   fmt: str | None = None, mode: str = "drop", overwrite: bool = False,
-                   arguments: dict | None = None, address: str | None = None,
-                   num_cpus: int | None = None) -> dict:
-    """Run the filter job; return `stats.json`'s content.
+                   fmt: str | None = None, mode: str = "drop", run: RunOptions = RunOptions()) -> FilterStats:
+    """Run the filter job; return its stats (stats.json).
 
     Inputs and output are checked before Ray starts; then Ray is joined or started
     (see `init_ray`) unless the caller already did.
     """
     if mode not in ("drop", "annotate"):
-        raise UsageError(f"--mode must be drop or annotate, not {mode!r}")
+        raise UsageError(f"{{o}} must be drop or annotate, not {mode!r}", o="mode")
     names = [s.name for s in recipe.conjuncts()]
     if len(set(names)) != len(names):
         raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
-    fs, files = check_inputs(inputs, columns, fmt)
-    out = OutputDir(output, "filter", overwrite).prepare()
+    source = check_inputs(inputs, columns, fmt)
+    out = OutputDir(output, "filter", run.overwrite).prepare()
     with out:
         started = time.time()
-        init_ray(address, num_cpus)
+        init_ray(run)
         ray_start = time.time() - started
-        ds = read_reviews(fs, files, columns)
+        ds = read_reviews(source, columns)
         for kind in dict.fromkeys(type(leaf) for leaf in recipe.leaves()):
             ds = kind.prepare(ds)
         # One batch per block (at most DataContext.target_max_block_size): a batch_size
@@ -113,25 +142,19 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
                             batch_format="pyarrow", batch_size=None)
         sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_column="dropped_by")
         ds.write_datasink(sink)
-        result = sink.result
-        stats = _stats(recipe, mode, result, time.time() - started)
-        stats["ray_start_s"] = round(ray_start, 3)
-        if stats["rows_read"] == 0:
-            raise UsageError(f"input has no rows: {', '.join(f['uri'] for f in files[:3])}")
-        counts = {k: stats[k] for k in ("rows_read", "kept", "rejected", "quarantined")}
-        out.commit(arguments or {}, fingerprints(files), counts, {"stats.json": stats})
+        stats = _stats(recipe, mode, sink.result, time.time() - started, ray_start)
+        if stats.rows_read == 0:
+            raise UsageError(f"input has no rows: {', '.join(f.uri for f in source.files[:3])}")
+        counts = {k: getattr(stats, k) for k in ("rows_read", "kept", "rejected", "quarantined")}
+        out.commit(run.arguments, fingerprints(source), counts, {"stats.json": stats.to_json()})
         return stats
 
 
-def _stats(expr: Expr, mode: str, result: dict, wall: float) -> dict:
-    rows, dropped = result["rows"], dict(result["counted"])
-    dropped.pop("None", None)
-    quarantined = rows.get("quarantine", 0)
+def _stats(expr: Expr, mode: str, result: dict, wall: float, ray_start: float) -> FilterStats:
+    rows, dropped = result["rows"], result["counted"]
     kept, rejected = rows.get("kept", 0), rows.get("rejected", 0)
     parsed = kept + rejected
-    stats = {"rows_read": parsed + quarantined, "kept": kept, "rejected": rejected,
-             "quarantined": quarantined, "mode": mode,
-             "filters": funnel(expr, parsed, dropped), "wall_time_s": round(wall, 3)}
-    if mode == "annotate":
-        stats["would_keep"] = parsed - sum(dropped.values())
-    return stats
+    return FilterStats(rows_read=parsed + rows.get("quarantine", 0), kept=kept, rejected=rejected,
+                       quarantined=rows.get("quarantine", 0), mode=mode, filters=funnel(expr, parsed, dropped),
+                       wall_time_s=round(wall, 3), ray_start_s=round(ray_start, 3),
+                       would_keep=parsed - sum(dropped.values()) if mode == "annotate" else None)

@@ -20,7 +20,8 @@ import ray
 from ray.data.datasource import FileBasedDatasource
 
 from reviewlm.errors import UsageError, storage_error
-from reviewlm.io.storage import expand_inputs
+from reviewlm.io.storage import Inputs, expand_inputs
+from reviewlm.options import option
 
 CANONICAL = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("rating", pa.int64()), ("title", pa.string()),
@@ -40,16 +41,41 @@ csv.field_size_limit(MAX_RECORD_BYTES)  # the default (131,072) would refuse lon
 class Columns:
     """Which input columns hold the canonical fields (`--text-column` and friends)."""
 
-    text: str = "text"
-    id: str = "id"
-    rating: str = "rating"
-    title: str = "title"
-    brand: str = "brand"
-    product: str = "product"
+    text: str = option("text", help="input column holding the text")
+    id: str = option("id", help="input column holding a row's id (without one: its file and record number)")
+    rating: str = option("rating", help="input column holding the 1-5 star rating")
+    title: str = option("title", help="input column holding the review title")
+    brand: str = option("brand", help="input column holding the brand")
+    product: str = option("product", help="input column holding the product")
+    text_pair: str | None = option(None, help="classify: the second text of a pair (a product description)")
+    label: str | None = option(None, help="classify: the class of each row, a string or an integer")
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The canonical schema, with `text_pair` and `label` (strings) when those columns are read."""
+        schema = CANONICAL
+        for name in ("label", "text_pair"):
+            if getattr(self, name):
+                schema = schema.insert(schema.get_field_index("_row"), pa.field(name, pa.string()))
+        return schema
+
+    def required(self, need_rating: bool = False) -> list[tuple[str, str]]:
+        """(flag name, input column) pairs every input file must have."""
+        need = [("text", self.text)] + [(n, getattr(self, n)) for n in ("text_pair", "label") if getattr(self, n)]
+        return need + ([("rating", self.rating)] if need_rating else [])
 
 
 class ParseError(ValueError):
     """A record that cannot become a canonical row."""
+
+
+def parse_label(value) -> str | None:
+    """A class label as a string ("3" for 3 or 3.0); None when empty (training quarantines it)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (dict, list)):
+        raise ParseError(f"label must be a string or a number, not {type(value).__name__}")
+    return None if value is None or not str(value).strip() else str(value).strip()
 
 
 def parse_rating(value) -> int | None:
@@ -70,7 +96,8 @@ class _Batcher:
 
     def __init__(self, source: str, columns: Columns):
         self.source, self.columns = source, columns
-        self.cols = {name: [] for name in CANONICAL.names}
+        self.schema = columns.schema
+        self.cols = {name: [] for name in self.schema.names}
 
     def __len__(self):
         return len(self.cols["id"])
@@ -88,6 +115,13 @@ class _Batcher:
             for name in ("title", "brand", "product"):
                 v = record.get(getattr(c, name))
                 values[name] = None if v is None else str(v)
+            if c.text_pair:
+                pair = record.get(c.text_pair)
+                if pair is not None and not isinstance(pair, str):
+                    raise ParseError(f"text pair must be a string, not {type(pair).__name__}")
+                values["text_pair"] = pair
+            if c.label:
+                values["label"] = parse_label(record.get(c.label))
             rid = record.get(c.id)
         except ParseError as exc:
             self.quarantine(row_number, raw if raw is not None else json.dumps(record, default=str), str(exc))
@@ -105,8 +139,8 @@ class _Batcher:
             col.append(values.get(name))
 
     def flush(self) -> pa.Table:
-        table = pa.table(self.cols, schema=CANONICAL)
-        self.cols = {name: [] for name in CANONICAL.names}
+        table = pa.table(self.cols, schema=self.schema)
+        self.cols = {name: [] for name in self.schema.names}
         return table
 
 
@@ -255,10 +289,10 @@ def read_parquet_file(f, batcher: _Batcher) -> Iterator[pa.Table]:
 class ReviewDatasource(FileBasedDatasource):
     """Streams review files of any supported format into canonical rows."""
 
-    def __init__(self, files: list[dict], filesystem, columns: Columns):
-        super().__init__([f["path"] for f in files], filesystem=filesystem)
-        self._formats = {f["path"]: f["format"] for f in files}
-        self._uris = {f["path"]: f["uri"] for f in files}
+    def __init__(self, inputs: Inputs, columns: Columns):
+        super().__init__([f.path for f in inputs.files], filesystem=inputs.filesystem)
+        self._formats = {f.path: f.format for f in inputs.files}
+        self._uris = {f.path: f.uri for f in inputs.files}
         self._columns = columns
 
     def _open_input_source(self, filesystem, path, **open_args):
@@ -309,35 +343,35 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
     return None
 
 
-def check_columns(fs, files: list[dict], required: list[str]) -> None:
-    """UsageError when the first readable file of a format lacks a required column."""
+def check_columns(inputs: Inputs, required: list[tuple[str, str]]) -> None:
+    """UsageError when the first readable file of a format lacks a required (field, column)."""
     checked = set()
-    for f in files:
-        if f["format"] in checked or f["size"] == 0 or f["format"] == "json":
+    for f in inputs.files:
+        if f.format in checked or f.size == 0 or f.format == "json":
             continue
-        names = _first_columns(fs, f["path"], f["format"])
+        names = _first_columns(inputs.filesystem, f.path, f.format)
         if names is None:
             continue
-        checked.add(f["format"])
-        missing = [c for c in required if c not in names]
+        checked.add(f.format)
+        missing = [(field, c) for field, c in required if c not in names]
         if missing:
-            field = "text" if missing[0] == required[0] else "rating"
-            raise UsageError(f"no {field} column {missing[0]!r} in {f['uri']} "
-                             f"(columns: {', '.join(names[:12])}): pass --{field}-column")
+            field, column = missing[0]
+            raise UsageError(f"no {field.replace('_', ' ')} column {column!r} in {f.uri} "
+                             f"(columns: {', '.join(names[:12])}): pass {{o}}", o=f"{field}_column")
 
 
-def check_inputs(inputs: list[str], columns: Columns = Columns(), fmt: str | None = None,
-                 need_rating: bool = False):
-    """Expand and check the inputs without Ray: (Arrow filesystem, files) or UsageError."""
-    fs, files = expand_inputs(inputs, fmt)
+def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None = None,
+                 need_rating: bool = False) -> Inputs:
+    """Expand and check the inputs without Ray (UsageError when they cannot be read)."""
+    inputs = expand_inputs(uris, fmt)
     try:
-        check_columns(fs, files, [columns.text] + ([columns.rating] if need_rating else []))
+        check_columns(inputs, columns.required(need_rating))
     except OSError as exc:
-        raise UsageError(f"cannot read {files[0]['uri']}: {storage_error(exc)}") from None
-    return fs, files
+        raise UsageError(f"cannot read {inputs.files[0].uri}: {storage_error(exc)}") from None
+    return inputs
 
 
-def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.data.Dataset:
+def read_reviews(inputs: Inputs, columns: Columns = Columns()) -> ray.data.Dataset:
     """The canonical review dataset: one row per record, quarantined ones included.
 
     With at least two files per CPU, each file is one read task, which Ray Data fuses with
@@ -346,10 +380,13 @@ def read_reviews(fs, files: list[dict], columns: Columns = Columns()) -> ray.dat
     the steps after it run in parallel.
     """
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    blocks = len(files) if len(files) >= 2 * cpus else None
-    return ray.data.read_datasource(ReviewDatasource(files, fs, columns), override_num_blocks=blocks)
+    n = len(inputs.files)
+    return ray.data.read_datasource(ReviewDatasource(inputs, columns), override_num_blocks=n if n >= 2 * cpus else None)
 
 
 def with_text(batch: pa.Table) -> pa.Table:
-    """The rows of a canonical batch that parsed and have a text (what training and scoring read)."""
-    return batch.filter(pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])))
+    """The rows of a canonical batch that parsed and have a text (and text pair, when read)."""
+    usable = pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"]))
+    if "text_pair" in batch.schema.names:
+        usable = pc.and_(usable, pc.is_valid(batch["text_pair"]))
+    return batch.filter(usable)

@@ -20,7 +20,7 @@ class RoutedParquetSink(Datasink):
 
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
-    wrote per route and the counts of the values in `count_column`.
+    wrote per route and the counts of the (non-null) values in `count_column`.
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
@@ -41,7 +41,7 @@ class RoutedParquetSink(Datasink):
                 if block.num_rows == 0:  # e.g. from an empty input file: no columns to route on
                     continue
                 if self.count_column:
-                    counted.update(v for v in block[self.count_column].to_pylist())
+                    counted.update(v for v in block[self.count_column].to_pylist() if v is not None)
                 for route, schema in self.routes.items():
                     part = block.filter(pc.equal(block[self.route_column], route))
                     if part.num_rows == 0:
@@ -59,7 +59,7 @@ class RoutedParquetSink(Datasink):
         finally:
             for w in writers.values():
                 w.close()  # a no-op when closed
-        return {"rows": dict(rows), "counted": {str(k): v for k, v in counted.items()}}
+        return {"rows": dict(rows), "counted": dict(counted)}
 
     def on_write_complete(self, write_result):
         rows: Counter = Counter()

@@ -51,11 +51,29 @@ def infer_format(path: str) -> str | None:
     return _EXT_FORMATS.get(posixpath.splitext(name)[1])
 
 
-def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileSystem, list[dict]]:
-    """Expand files, directories, globs and s3:// URIs into a list of readable files.
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: its path on its filesystem, its full URI, format and size."""
 
-    Returns the Arrow filesystem and `[{path, uri, format, size}]`. Raises UsageError for a
-    missing path or bucket, an unknown format, inputs on two filesystems, or no files at all.
+    path: str
+    uri: str
+    format: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A job's input files and the Arrow filesystem they are read with."""
+
+    filesystem: pafs.FileSystem
+    files: tuple[InputFile, ...]
+
+
+def expand_inputs(inputs: list[str], fmt: str | None = None) -> Inputs:
+    """Expand files, directories, globs and s3:// URIs into the readable files.
+
+    Raises UsageError for a missing path or bucket, an unknown format, inputs on two
+    filesystems, or no files at all.
     """
     files, the_fs = [], None
     for item in inputs:
@@ -80,28 +98,22 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> tuple[pafs.FileS
         for p in sorted(found):
             f = fmt or infer_format(p)
             if f is None:
-                raise UsageError(f"cannot tell the format of {full_uri(fs, p)}: pass --format")
-            files.append({"path": p, "uri": full_uri(fs, p), "format": f,
-                          "size": int(fs.size(p) or 0)})
+                raise UsageError(f"cannot tell the format of {full_uri(fs, p)}: pass {{o}}", o="format")
+            files.append(InputFile(p, full_uri(fs, p), f, int(fs.size(p) or 0)))
     if not files:
         raise UsageError("no input files given")
-    if all(f["size"] == 0 for f in files):
-        raise UsageError(f"input is empty: {', '.join(f['uri'] for f in files[:3])}")
-    return arrow_filesystem(the_fs), files
+    if all(f.size == 0 for f in files):
+        raise UsageError(f"input is empty: {', '.join(f.uri for f in files[:3])}")
+    return Inputs(arrow_filesystem(the_fs), tuple(files))
 
 
-def fingerprints(files: list[dict], fs: fsspec.AbstractFileSystem | None = None) -> list[dict]:
-    """Input fingerprints for the manifest: uri, size and, where known, etag or mtime."""
-    out = []
-    for f in files:
-        entry = {"uri": f["uri"], "size": f["size"]}
-        if fs is not None:
-            info = fs.info(f["path"])
-            for k in ("ETag", "mtime", "LastModified"):
-                if k in info:
-                    entry[k.lower()] = str(info[k]).strip('"')
-        out.append(entry)
-    return out
+def fingerprints(inputs: Inputs | None) -> list[dict]:
+    """Input fingerprints for the manifest: uri, size and, where the store reports it, mtime."""
+    if inputs is None:
+        return []
+    infos = inputs.filesystem.get_file_info([f.path for f in inputs.files])
+    return [{"uri": f.uri, "size": f.size, **({"mtime": info.mtime.isoformat()} if info.mtime else {})}
+            for f, info in zip(inputs.files, infos)]
 
 
 USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -159,7 +171,7 @@ class OutputDir:
             if exists and resume and self.fs.exists(f"{self.path}/_SUCCESS"):
                 raise UsageError(f"output {self.uri} is complete: nothing to resume")
             if exists and not (self.overwrite or resume):
-                raise UsageError(f"output {self.uri} already exists: pass --overwrite to replace it")
+                raise UsageError(f"output {self.uri} already exists: pass {{o}} to replace it", o="overwrite")
             if exists and not resume:
                 self.fs.rm(self.path, recursive=True)
             self.fs.makedirs(self.tmp, exist_ok=True)

@@ -103,11 +103,15 @@ def funnel(stats: dict) -> bytes:
     return _png(fig)
 
 
-def confusion(cm: list[list[int]], title: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+def confusion(cm: list[list[int]], labels: list[str], title: str) -> bytes:
+    """Counts of true (rows) against predicted (columns) classes, named."""
+    side = 3.2 + 0.45 * len(labels)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
     im = ax.imshow(cm, cmap="Blues")
-    ax.set(title=title, xlabel="predicted stars", ylabel="true stars", xticks=range(5), yticks=range(5),
-           xticklabels=range(1, 6), yticklabels=range(1, 6))
+    ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(labels)), yticks=range(len(labels)))
+    ax.set_xticklabels([str(v)[:14] for v in labels], rotation=30 if max(map(len, map(str, labels))) > 3 else 0,
+                       ha="right" if max(map(len, map(str, labels))) > 3 else "center")
+    ax.set_yticklabels([str(v)[:14] for v in labels])
     for i, row in enumerate(cm):
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center")

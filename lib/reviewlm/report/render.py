@@ -68,17 +68,20 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
         table(["model", "reviews", "masked tokens", "accuracy@1", "accuracy@10", "pseudo-perplexity"],
               [[n, *(_fmt(models[n]["corpus"][k]) for k in ("reviews", "masked_tokens", "accuracy_at_1",
                                                             "accuracy_at_10", "pseudo_perplexity"))] for n in corpus])
-    stars = [n for n, m in models.items() if "stars" in m]
-    if stars:
-        section("Star ratings")
-        table(["model", "reviews", "accuracy", "binary accuracy", "within one"],
-              [[n, models[n]["stars"]["reviews"], *(_fmt(models[n]["stars"].get(k))
-                                                   for k in ("accuracy", "binary_accuracy", "within_one_accuracy"))]
-               for n in stars])
-        for n in stars:
-            if "confusion_matrix" in models[n]["stars"]:
-                image(f"confusion_{n}.png", plots.confusion(models[n]["stars"]["confusion_matrix"], f"{n}: stars"),
-                      f"Confusion matrix of {n}")
+    for task, title in (("stars", "Star ratings"), ("classify", "Classes")):
+        classified = [n for n, m in models.items() if task in m]
+        if not classified:
+            continue
+        section(title)
+        keys = ["accuracy", "macro_f1", "majority_baseline"] + (
+            ["binary_accuracy", "within_one_accuracy"] if task == "stars" else [])
+        table(["model", "rows", *(k.replace("_", " ") for k in keys)],
+              [[n, models[n][task]["rows"], *(_fmt(models[n][task].get(k)) for k in keys)] for n in classified])
+        for n in classified:
+            m = models[n][task]
+            if "confusion_matrix" in m:
+                png = plots.confusion(m["confusion_matrix"], m["labels"], f"{n}: {title.lower()}")
+                image(f"confusion_{n}.png", png, f"Confusion matrix of {n}")
     if len(predictions):
         section("Top predictions per prompt")
         order = prompts[prompts["error"].isna()].drop_duplicates("prompt_index").sort_values("prompt_index")

@@ -14,6 +14,7 @@ from reviewlm.io.readers import Columns, check_inputs, read_reviews, with_text
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints, read_json
 from reviewlm.models import portable_ref, resolve_model
+from reviewlm.options import RunOptions, ScoreArgs
 from reviewlm.runtime import init_ray
 from reviewlm.score import metrics as M
 from reviewlm.score import scorer as S
@@ -33,7 +34,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, _, ref = spec.partition("=") if "=" in spec else (spec.rstrip("/").rsplit("/", 1)[-1], "", spec)
         if not name or not ref:
-            raise UsageError(f"--model takes NAME=REF, not {spec!r}")
+            raise UsageError(f"{{o}} takes NAME=REF, not {spec!r}", o="model")
         if not MODEL_NAME.fullmatch(name):
             raise UsageError(f"model name {name!r}: use letters, digits, '_', '.' or '-' (not first)")
         if name in models:
@@ -50,43 +51,37 @@ def _read(out: OutputDir, route: str) -> pd.DataFrame:
 
 
 def score_models(models: dict[str, str], output: str, *, prompts: list[str], corpus: list[str] | None = None,
-                 columns: Columns = Columns(), word_sets: dict, task: str = "mlm", top_k: int = 10,
-                 batch_size: int = 256, num_actors: int | None = None, use_gpu: bool = False,
-                 train_metrics: str | None = None, filter_stats: str | None = None, overwrite: bool = False,
-                 address: str | None = None, num_cpus: int | None = None, arguments: dict | None = None) -> dict:
+                 columns: Columns = Columns(), word_sets: dict, args: ScoreArgs = ScoreArgs(),
+                 run: RunOptions = RunOptions()) -> dict:
     """Score every model on the prompts (and the corpus); write predictions, summary, report."""
+    task, use_gpu = args.task, args.use_gpu
     if not models:
-        raise UsageError("give at least one --model NAME=REF")
-    if task not in ("mlm", "stars"):
-        raise UsageError(f"--task must be mlm or stars, not {task!r}")
-    if not 1 <= top_k <= 1000:
-        raise UsageError("--top-k must be between 1 and 1000")
-    if task == "stars" and not corpus:
-        raise UsageError("--task stars scores reviews: give --corpus")
+        raise UsageError("give at least one {o} NAME=REF", o="model")
+    if task != "mlm" and not corpus:
+        raise UsageError(f"the {task} task scores texts: give {{o}}", o="corpus")
     paths = {name: resolve_model(ref) for name, ref in models.items()}  # fails fast; actors resolve again
-    files, fs_in = [], None
-    if corpus:
-        fs_in, files = check_inputs(corpus, columns)
-    extras = {"train": read_json(train_metrics) if train_metrics else None,
-              "filter": read_json(filter_stats) if filter_stats else None}
-    out = OutputDir(output, "score", overwrite).prepare()
+    texts = check_inputs(corpus, columns) if corpus else None
+    extras = {"train": read_json(args.train_metrics) if args.train_metrics else None,
+              "filter": read_json(args.filter_stats) if args.filter_stats else None}
+    out = OutputDir(output, "score", run.overwrite).prepare()
     started = time.time()
     with out:
-        init_ray(address, num_cpus)
-        pool, per_actor, corpus_pool = _pools(num_actors, use_gpu)
+        init_ray(run)
+        pool, per_actor, corpus_pool = _pools(args.num_actors, use_gpu)
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
-                  "corpus": S.CORPUS, "ratings": S.RATINGS}
+                  "corpus": S.CORPUS, "labels": S.LABELS}
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             if task == "mlm" and prompts:
                 ds = ray.data.from_items([{"prompt": p, "prompt_index": i} for i, p in enumerate(prompts)])
-                ds.map_batches(S.MaskScorer, fn_constructor_args=(name, ref, use_gpu, top_k, word_sets,
+                ds.map_batches(S.MaskScorer, fn_constructor_args=(name, ref, use_gpu, args.top_k, word_sets,
                                                                   SUBSTITUTION_PROMPTS),
-                               batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
+                               batch_size=args.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
                                **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
-                reviews = read_reviews(fs_in, files, columns).map_batches(with_text, batch_format="pyarrow")
-                actor = S.CorpusScorer if task == "mlm" else S.StarScorer
-                scored = reviews.map_batches(actor, fn_constructor_args=(name, ref, use_gpu), batch_size=batch_size,
+                reviews = read_reviews(texts, columns).map_batches(with_text, batch_format="pyarrow")
+                actor, actor_args = ((S.CorpusScorer, (name, ref, use_gpu)) if task == "mlm" else
+                                     (S.ClassifyScorer, (name, ref, use_gpu, "rating" if task == "stars" else "label")))
+                scored = reviews.map_batches(actor, fn_constructor_args=actor_args, batch_size=args.batch_size,
                                              batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
                                              **per_actor)
                 scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
@@ -97,9 +92,17 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         write_report(out, summary, _read(out, "predictions"), scored_prompts, extras)
         counts = {"models": len(models), "prompts": len(prompts),
                   "reviews": summary.get("corpus_reviews", 0)}
-        out.commit(arguments or {}, fingerprints(files), counts, {"summary.json": summary})
+        out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary})
         summary["wall_time_s"] = round(time.time() - started, 2)
         return summary
+
+
+def class_names(path: str) -> list[str]:
+    """A classifier's classes in id order, from its config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
 def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
@@ -137,11 +140,12 @@ def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: di
         for name, values in M.corpus_summary(corpus).items():
             summary["models"][name]["corpus"] = values
         summary["corpus_reviews"] = int(corpus.groupby("model").size().max())
-    ratings = _read(out, "ratings")
-    if len(ratings):
-        for name, values in M.ratings_summary(ratings).items():
-            summary["models"][name]["stars"] = values
-        summary["corpus_reviews"] = int(ratings.groupby("model").size().max())
+    scored = _read(out, "labels")
+    if len(scored):
+        labels = {name: class_names(path) for name, path in paths.items()}
+        for name, values in M.labels_summary(scored, labels, stars=task == "stars").items():
+            summary["models"][name][task] = values
+        summary["corpus_reviews"] = int(scored.groupby("model").size().max())
     names = list(models)
     if len(masks) and len(names) > 1:
         tok = AutoTokenizer.from_pretrained(paths[names[0]])

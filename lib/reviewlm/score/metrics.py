@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from reviewlm.metrics import confusion_matrix, star_metrics
+from reviewlm.metrics import classification_metrics, confusion_matrix, star_metrics
 
 
 def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict:
@@ -36,15 +36,23 @@ def corpus_summary(corpus: pd.DataFrame) -> dict:
     return out
 
 
-def ratings_summary(ratings: pd.DataFrame) -> dict:
+def labels_summary(scored: pd.DataFrame, labels: dict[str, list[str]], stars: bool) -> dict:
+    """Per model: predicted class counts and, over the rows with a known label, the metrics
+    (`star_metrics` for stars); `labels` holds each model's classes in id order."""
     out = {}
-    for model, r in ratings.groupby("model"):
-        entry = {"reviews": int(len(r)), "predicted_distribution":
-                 {str(k): int(v) for k, v in r["predicted"].value_counts().sort_index().items()}}
-        labelled = r.dropna(subset=["rating"])
+    for model, r in scored.groupby("model"):
+        names = labels[model]
+        index = {label: i for i, label in enumerate(names)}
+        entry = {"rows": int(len(r)), "labels": names,
+                 "predicted_distribution": {k: int((r["predicted"] == k).sum()) for k in names}}
+        labelled = r.dropna(subset=["label"])
+        known = labelled[labelled["label"].isin(list(index))]
         if len(labelled):
-            entry.update(star_metrics(confusion_matrix(labelled["rating"].to_numpy(int) - 1,
-                                                       labelled["predicted"].to_numpy(int) - 1)))
+            entry["unknown_labels"] = int(len(labelled) - len(known))
+        if len(known):
+            cm = confusion_matrix(known["label"].map(index), known["predicted"].map(index), n=len(names))
+            entry.update(star_metrics(cm) if stars else classification_metrics(cm, names))
+            entry["mean_nll"] = float(known["nll"].mean())
         out[model] = entry
     return out
 

@@ -1,4 +1,4 @@
-"""Ray Data actors that load a model once and score batches: prompts, corpora, star ratings.
+"""Ray Data actors that load a model once and score batches: prompts, corpora, classes.
 
 Prompts are bucketed by length (sorted, then cut into micro-batches) so little padding is
 computed, and the vocabulary head runs only at the mask positions. Each actor emits rows
@@ -30,8 +30,9 @@ PROMPTS = pa.schema([("model", pa.string()), ("prompt_index", pa.int64()), ("pro
                      ("error", pa.string())])
 CORPUS = pa.schema([("model", pa.string()), ("id", pa.string()), ("n_masked", pa.int64()),
                     ("correct_at_1", pa.int64()), ("correct_at_10", pa.int64()), ("nll_sum", pa.float64())])
-RATINGS = pa.schema([("model", pa.string()), ("id", pa.string()), ("rating", pa.int64()),
-                     ("predicted", pa.int64()), ("confidence", pa.float64()), ("nll", pa.float64())])
+LABELS = pa.schema([("model", pa.string()), ("id", pa.string()), ("label", pa.string()),
+                    ("predicted", pa.string()), ("probability", pa.float64()),
+                    ("probabilities", pa.map_(pa.string(), pa.float64())), ("nll", pa.float64())])
 
 
 class _ModelActor:
@@ -50,9 +51,9 @@ class _ModelActor:
         self.model = model.half() if self.device.type == "cuda" else model
         self.max_len = min(self.tok.model_max_length, getattr(model.config, "max_position_embeddings", 512))
 
-    def micro_batches(self, texts: list[str], size: int):
-        """Indices of `texts`, sorted by token length and cut into micro-batches."""
-        lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+    def micro_batches(self, texts: list[str], size: int, pairs: list[str] | None = None):
+        """Indices of `texts` (or pairs), sorted by token length and cut into micro-batches."""
+        lengths = [len(ids) for ids in self.tok(texts, pairs, add_special_tokens=True, verbose=False)["input_ids"]]
         order = np.argsort(lengths, kind="stable")
         return lengths, [order[i:i + size] for i in range(0, len(order), size)]
 
@@ -200,29 +201,42 @@ class CorpusScorer(_ModelActor):
         return pa.Table.from_pylist(rows, schema=CORPUS).append_column("_route", pa.array(["corpus"] * len(rows)))
 
 
-class StarScorer(_ModelActor):
-    """Predicted 1-5 star rating per review from a sequence classifier."""
+class ClassifyScorer(_ModelActor):
+    """Per text (or text pair): the predicted class, its probability and every class's.
 
-    def __init__(self, name, ref, use_gpu, micro_batch=32):
-        super().__init__(name, ref, use_gpu, task="stars")
-        self.micro = micro_batch
+    Class names come from the model's `id2label`. With a label column (`label`, or `rating`
+    for stars), each row also gets the true label and its negative log-likelihood.
+    """
+
+    def __init__(self, name, ref, use_gpu, label_column: str = "label", micro_batch: int = 32):
+        super().__init__(name, ref, use_gpu, task="classify")
+        self.labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
+        self.index = {label: i for i, label in enumerate(self.labels)}
+        self.label_column, self.micro = label_column, micro_batch
+
+    def probabilities(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        _, groups = self.micro_batches(texts, self.micro, pairs)
+        probs = np.zeros((len(texts), len(self.labels)))
+        for group in groups:
+            enc = self.tok([texts[i] for i in group], [pairs[i] for i in group] if pairs else None, padding=True,
+                           truncation="longest_first", max_length=self.max_len, return_tensors="pt").to(self.device)
+            probs[group] = self.model(**enc).logits.float().softmax(-1).cpu().numpy()
+        return probs
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> pa.Table:
         texts = list(batch["text"])
-        _, groups = self.micro_batches(texts, self.micro)
-        ratings = batch["rating"] if "rating" in batch else [None] * len(texts)
-        ratings = np.array([-1 if r is None or r != r else int(r) for r in ratings])
-        pred, conf, nll = np.zeros(len(texts), np.int64), np.zeros(len(texts)), np.full(len(texts), np.nan)
-        for group in groups:
-            enc = self.tok([texts[i] for i in group], padding=True, truncation=True, max_length=self.max_len,
-                           return_tensors="pt").to(self.device)
-            probs = self.model(**enc).logits.float().softmax(-1).cpu().numpy()
-            pred[group], conf[group] = probs.argmax(-1) + 1, probs.max(-1)
-            rated = ratings[group] > 0
-            nll[group[rated]] = -np.log(probs[rated, ratings[group][rated] - 1])
-        table = pa.table({"model": [self.name] * len(texts), "id": [str(i) for i in batch["id"]],
-                          "rating": pa.array(np.where(ratings > 0, ratings, 0), pa.int64(), mask=ratings <= 0),
-                          "predicted": pred, "confidence": conf,
-                          "nll": pa.array(nll, pa.float64(), mask=np.isnan(nll))}, schema=RATINGS)
-        return table.append_column("_route", pa.array(["ratings"] * len(texts)))
+        probs = self.probabilities(texts, list(batch["text_pair"]) if "text_pair" in batch else None)
+        given = batch.get(self.label_column, [None] * len(texts))
+        truth = [None if v is None or v != v else str(int(v) if isinstance(v, (float, np.floating)) else v)
+                 for v in given]
+        known = np.array([self.index.get(v, -1) for v in truth])
+        rows = np.arange(len(texts))
+        nll = np.where(known >= 0, -np.log(np.maximum(probs[rows, np.maximum(known, 0)], 1e-300)), np.nan)
+        best = probs.argmax(-1)
+        table = pa.table({
+            "model": [self.name] * len(texts), "id": [str(i) for i in batch["id"]], "label": truth,
+            "predicted": [self.labels[k] for k in best], "probability": probs[rows, best],
+            "probabilities": [list(zip(self.labels, p.tolist())) for p in probs],
+            "nll": pa.array(nll, pa.float64(), mask=np.isnan(nll))}, schema=LABELS)
+        return table.append_column("_route", pa.array(["labels"] * len(texts)))

@@ -13,7 +13,6 @@ from ray.data.expressions import col
 from ray.train import DataConfig
 
 from reviewlm.errors import UsageError
-from reviewlm.io.readers import with_text
 from reviewlm.train.masking import BlockMasker
 
 
@@ -23,11 +22,47 @@ def split_bucket(ids: list[str], seed: int) -> np.ndarray:
                      for i in ids])
 
 
-def usable_rows(batch: pa.Table, need_rating: bool) -> pa.Table:
-    batch = with_text(batch)
-    if need_rating:
-        batch = batch.filter(pc.is_valid(batch["rating"]))
-    return batch.select(["id", "text", "rating"])
+QUARANTINE = {"id": "id", "source": "source", "_row": "row", "_raw": "raw", "_error": "error"}
+
+
+def training_rows(batch: pa.Table, task: str) -> pa.Table:
+    """The columns training reads, with a reason in `_error` for every row it cannot use.
+
+    Parse errors come from the reader; a row without text (or text pair, or, for stars,
+    rating) gets its reason here. Stars are the classes "1".."5" of the rating column.
+    """
+    error = batch["_error"]
+    needs = [("text", "no text")] + [(c, f"no {c.replace('_', ' ')}") for c in ("text_pair", "label")
+                                      if c in batch.schema.names]
+    if task == "stars":
+        needs.append(("rating", "no rating"))
+        batch = batch.append_column("label", pc.cast(batch["rating"], pa.string()))
+    for column, reason in needs:
+        error = pc.if_else(pc.and_(pc.is_null(error), pc.is_null(batch[column])), reason, error)
+    keep = ["id", "text"] + [c for c in ("text_pair", "label") if c in batch.schema.names] + ["source", "_row", "_raw"]
+    return batch.select(keep).append_column("_error", error)
+
+
+def label_set(rows: ray.data.Dataset, given: list[str] | None) -> list[str]:
+    """The classes in id order: `given`, or the labels found (numbers in numeric order, else sorted)."""
+    if given:
+        return list(given)
+    found = rows.filter(expr=col("_error").is_null()).unique("label")
+    return sorted(found, key=lambda v: (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v))
+
+
+def check_labels(batch: pa.Table, labels: list[str]) -> pa.Table:
+    """Quarantine rows whose label is not one of `labels` (a `--labels` list that misses some)."""
+    unknown = pc.invert(pc.is_in(batch["label"], value_set=pa.array(labels, pa.string())))
+    reason = pc.binary_join_element_wise("label '", batch["label"], "' is not one of the labels given", "")
+    error = pc.if_else(pc.and_(pc.is_null(batch["_error"]), pc.fill_null(unknown, False)), reason, batch["_error"])
+    return batch.set_column(batch.schema.get_field_index("_error"), "_error", error)
+
+
+def quarantined(rows: ray.data.Dataset) -> ray.data.Dataset:
+    """Rows training cannot use, in the filter job's quarantine layout (id, source, row, raw, error)."""
+    return (rows.filter(expr=col("_error").is_not_null()).select_columns(list(QUARANTINE))
+            .rename_columns(QUARANTINE))
 
 
 def with_split(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: int) -> pa.Table:
@@ -36,6 +71,17 @@ def with_split(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: in
     for name, lo, hi in bounds:
         names[(u >= lo) & (u < hi)] = name
     return batch.append_column("split", pa.array(names.astype(str)))
+
+
+def stratify(group: pa.Table, bounds: list[tuple[str, float, float]], seed: int) -> pa.Table:
+    """One class's rows, ordered by their stable hash and cut at the split fractions: every
+    class is split in the same proportions (to within a row)."""
+    u = split_bucket(group["id"].to_pylist(), seed)
+    order = np.lexsort((np.array(group["id"].to_pylist(), dtype=object).astype(str), u))
+    names = np.full(len(u), "", dtype=object)
+    for name, lo, hi in bounds:
+        names[order[round(lo * len(u)):round(hi * len(u))]] = name
+    return group.append_column("split", pa.array(names.astype(str))).append_column("_u", pa.array(u))
 
 
 def tokenize_and_chunk(batch: dict, tokenizer, chunk_size: int) -> dict:
@@ -79,24 +125,28 @@ def mask_eval_blocks(batch: dict, tokenizer, probability: float, whole_word: boo
     return {"input_ids": np.stack(inputs) if inputs else empty, "labels": np.stack(labels) if labels else empty}
 
 
-def tokenize_reviews(batch: dict, tokenizer, max_length: int) -> dict:
-    """Token ids per review, truncated to `max_length` and not padded (batches pad to their longest)."""
-    enc = tokenizer(list(batch["text"]), truncation=True, max_length=max_length, verbose=False)
+def tokenize_reviews(batch: dict, tokenizer, max_length: int, label2id: dict[str, int]) -> dict:
+    """Token ids per text (or text pair: `[CLS] a [SEP] b [SEP]`, the longer side truncated
+    first), at most `max_length`, not padded (batches pad to their longest), and class ids."""
+    pairs = list(batch["text_pair"]) if "text_pair" in batch else None
+    enc = tokenizer(list(batch["text"]), pairs, truncation="longest_first", max_length=max_length, verbose=False)
     ids = np.empty(len(enc["input_ids"]), dtype=object)
     ids[:] = [np.asarray(x, np.int32) for x in enc["input_ids"]]
-    return {"input_ids": ids, "labels": np.asarray(batch["rating"], np.int32) - 1}
+    return {"input_ids": ids, "labels": np.array([label2id[v] for v in batch["label"]], np.int32)}
 
 
-def split_datasets(ds: ray.data.Dataset, bounds: list[tuple[str, float, float]], seed: int,
-                   need_rating: bool) -> dict[str, ray.data.Dataset]:
-    """One dataset per split name, materialized (their sizes set the schedule)."""
-    ds = (ds.map_batches(usable_rows, fn_kwargs={"need_rating": need_rating}, batch_format="pyarrow")
-          .map_batches(with_split, fn_kwargs={"bounds": bounds, "seed": seed}, batch_format="pyarrow")
-          .materialize())
-    if ds.count() == 0:
-        raise UsageError("no usable training rows: every row is quarantined or has no text"
-                         + (" or rating" if need_rating else ""))
-    return {name: ds.filter(expr=col("split") == name) for name, _, _ in bounds}
+def split_datasets(rows: ray.data.Dataset, bounds: list[tuple[str, float, float]], seed: int,
+                   stratified: bool) -> dict[str, ray.data.Dataset]:
+    """One dataset per split name from the usable rows. Masked LM: each row by its id's hash,
+    in input order. Classes: stratified by label, then in hash order (classes mixed)."""
+    rows = rows.filter(expr=col("_error").is_null())
+    if stratified:
+        rows = (rows.groupby("label").map_groups(stratify, fn_kwargs={"bounds": bounds, "seed": seed},
+                                                 batch_format="pyarrow").sort("_u"))
+    else:
+        rows = rows.map_batches(with_split, fn_kwargs={"bounds": bounds, "seed": seed}, batch_format="pyarrow")
+    rows = rows.materialize()
+    return {name: rows.filter(expr=col("split") == name) for name, _, _ in bounds}
 
 
 def require_rows(datasets: dict[str, ray.data.Dataset]) -> dict[str, int]:

@@ -6,89 +6,59 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import ray
 import torch
 from ray.data import ActorPoolStrategy
+from ray.data.expressions import col
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from reviewlm.errors import UsageError
 from reviewlm.io.readers import Columns, check_inputs, read_reviews
 from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints
-from reviewlm.metrics import confusion_matrix, star_metrics
+from reviewlm.metrics import STARS, classification_metrics, confusion_matrix, imbalance, star_metrics
 from reviewlm.models import portable_ref, resolve_model
+from reviewlm.options import RunOptions, TrainArgs
 from reviewlm.runtime import init_ray
 from reviewlm.train import data
 from reviewlm.train.loop import STATE, LoopConfig, train_func
 
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
-# Measured on 1,000 reviews, 2 epochs, batch 16 x 2 workers (bench/RESULTS.md): a classifier
-# at 5e-5 stays at the majority class; at 2e-4 it learns.
-DEFAULT_LR = {"mlm": 5e-5, "stars": 2e-4}
 
 
-@dataclass
-class TrainArgs:
-    """Hugging Face-style training arguments."""
-
-    task: str = "mlm"
-    model: str | None = None
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 16
-    lr: float | None = None  # 5e-5 for mlm; 2e-4 for stars, whose head starts untrained
-    chunk_size: int = 128
-    max_length: int = 128
-    mlm_probability: float = 0.15
-    whole_word_mask: float = 0.2
-    eval_fraction: float = 0.1
-    max_eval_samples: int | None = None
-    num_workers: int = 2
-    use_gpu: bool = False
-    precision: str = "fp32"
-    seed: int = 42
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-
-    def check(self) -> None:
-        if self.task not in ("mlm", "stars"):
-            raise UsageError(f"--task must be mlm or stars, not {self.task!r}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise UsageError(f"--precision must be fp32, fp16 or bf16, not {self.precision!r}")
-        if not 0 < self.eval_fraction < 1:
-            raise UsageError("--eval-fraction must be between 0 and 1")
-        for name in ("epochs", "batch_size", "num_workers", "chunk_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.max_eval_samples is not None and self.max_eval_samples < 1:
-            raise UsageError("--max-eval-samples must be at least 1")
-        if not 0 <= self.whole_word_mask <= 1 or not 0 < self.mlm_probability <= 1:
-            raise UsageError("masking probabilities must be between 0 and 1")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr or DEFAULT_LR[self.task]
-
-    @property
-    def whole_word(self) -> bool:
-        return self.whole_word_mask > 0
-
-    @property
-    def mask_probability(self) -> float:
-        """Whole words with `whole_word_mask`, or single tokens with `mlm_probability` when it is 0."""
-        return self.whole_word_mask or self.mlm_probability
-
-
-def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict, dict]:
-    """Training datasets (tokenized, materialized), the raw splits, and the row counts per split."""
+def _rows(ds: ray.data.Dataset, args: TrainArgs) -> tuple[ray.data.Dataset, list[str] | None]:
+    """The rows training reads, each usable or with its reason (materialized), and the classes."""
     ds.context.execution_options.preserve_order = True  # the same blocks in the same order every run
+    rows = ds.map_batches(data.training_rows, fn_kwargs={"task": args.task}, batch_format="pyarrow").materialize()
+    if args.task == "mlm":
+        return rows, None
+    labels = list(STARS) if args.task == "stars" else data.label_set(rows, args.labels)
+    if args.labels:
+        rows = rows.map_batches(data.check_labels, fn_kwargs={"labels": labels}, batch_format="pyarrow").materialize()
+    return rows, labels
+
+
+def _classes(rows: ray.data.Dataset, labels: list[str], args: TrainArgs, columns: Columns) -> dict[str, int]:
+    """Usable rows per class; an error when fewer than two classes have any."""
+    found = rows.filter(expr=col("_error").is_null()).groupby("label").count().to_pandas()
+    counts = {label: 0 for label in labels} | dict(zip(found["label"], found["count()"].astype(int)))
+    present = [k for k, v in counts.items() if v]
+    if len(present) < 2:
+        column = columns.rating if args.task == "stars" else columns.label
+        raise UsageError(f"the label column {column!r} holds {len(present)} class(es) among the usable rows "
+                         f"({', '.join(present) or 'none'}): a classifier needs two or more")
+    return counts
+
+
+def _datasets(rows: ray.data.Dataset, args: TrainArgs, tokenizer, labels: list[str] | None):
+    """Training datasets (tokenized, materialized), the raw splits, and the row counts per split."""
     if args.task == "mlm":
         bounds = [("eval", 0.0, args.eval_fraction), ("train", args.eval_fraction, 1.0)]
-    else:  # 64/16/20: the same fractions within every rating (a hash split independent of rating)
+    else:  # 64/16/20 within every class
         bounds = [("train", 0.0, 0.64), ("eval", 0.64, 0.80), ("test", 0.80, 1.0)]
-    splits = data.split_datasets(ds, bounds, args.seed, need_rating=args.task == "stars")
+    splits = data.split_datasets(rows, bounds, args.seed, stratified=args.task != "mlm")
     counts = data.require_rows(splits)
     if args.task == "mlm":
         chunk = {"tokenizer": tokenizer, "chunk_size": args.chunk_size}
@@ -99,9 +69,9 @@ def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict, dict]:
         tokenized["eval"] = tokenized["eval"].map_batches(data.mask_eval_blocks, fn_kwargs=mask,
                                                           batch_format="numpy", batch_size=256)
     else:
-        tokenized = {k: v.map_batches(data.tokenize_reviews, fn_kwargs={"tokenizer": tokenizer,
-                                                                        "max_length": args.max_length},
-                                      batch_format="numpy", batch_size=256)
+        encode = {"tokenizer": tokenizer, "max_length": args.max_length,
+                  "label2id": {label: i for i, label in enumerate(labels)}}
+        tokenized = {k: v.map_batches(data.tokenize_reviews, fn_kwargs=encode, batch_format="numpy", batch_size=256)
                      for k, v in splits.items() if k != "test"}
     if args.max_eval_samples:
         tokenized["eval"] = tokenized["eval"].limit(args.max_eval_samples)
@@ -109,41 +79,50 @@ def _datasets(ds, args: TrainArgs, tokenizer) -> tuple[dict, dict, dict]:
     counts.update({f"{k}_{'blocks' if args.task == 'mlm' else 'samples'}": v.count() for k, v in tokenized.items()})
     short = [k for k in ("train", "eval") if counts.get(f"{k}_blocks") == 0]
     if short:
-        raise UsageError(f"the {' and '.join(short)} text makes no block of --chunk-size {args.chunk_size} tokens: "
-                         "give more data or a smaller --chunk-size")
+        raise UsageError(f"the {' and '.join(short)} text makes no block of {{o}} {args.chunk_size} tokens: "
+                         "give more data or a smaller {o}", o="chunk_size")
     return tokenized, splits, counts
 
 
 def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Columns = Columns(),
-                fmt: str | None = None, storage: str | None = None, overwrite: bool = False,
-                resume: bool = False, address: str | None = None, num_cpus: int | None = None,
-                arguments: dict | None = None) -> dict:
+                fmt: str | None = None, run: RunOptions = RunOptions()) -> dict:
     """Fine-tune `args.model` on the reviews in `inputs`; write model/, metrics.json, plots.
 
     model/ is the checkpoint with the lowest eval loss (like `load_best_model_at_end`); the
-    test metrics of the star task are computed from it.
+    test metrics of a classifier are computed from it. Rows training cannot use go to
+    quarantine/ with their reason.
     """
     from transformers import AutoTokenizer
 
-    args.check()
-    fs_in, files = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars")
+    if (args.task == "classify") != bool(columns.label):
+        raise UsageError("the classify task needs {o} (and only it reads one)", o="label_column")
+    data_in = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars")
     model_path = resolve_model(args.model)
-    out = OutputDir(output, "train", overwrite).prepare(resume=resume)
+    out = OutputDir(output, "train", run.overwrite).prepare(resume=args.resume)
     started = time.time()
     with out:
-        init_ray(address, num_cpus)
+        init_ray(run)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        datasets, splits, counts = _datasets(read_reviews(fs_in, files, columns), args, tokenizer)
+        rows, labels = _rows(read_reviews(data_in, columns), args)
+        warnings, counts = _quarantine(rows, out, args)
+        classes = _classes(rows, labels, args, columns) if labels else None
+        datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
+        counts.update(counts_split)
+        arrow_fs = arrow_filesystem(out.fs)
         if args.task == "mlm":  # the masked blocks every eval loss is computed on, for anyone to recompute
-            datasets["eval"].write_parquet(f"{out.tmp}/eval", filesystem=arrow_filesystem(out.fs))
+            datasets["eval"].write_parquet(f"{out.tmp}/eval", filesystem=arrow_fs)
+        else:  # the rows the test metrics are computed on
+            splits["test"].drop_columns(["split", "_u", "source", "_row", "_raw", "_error"]).write_parquet(
+                f"{out.tmp}/test", filesystem=arrow_fs)
         train_rows = counts["train_blocks" if args.task == "mlm" else "train_samples"]
         steps_per_epoch = math.ceil(train_rows / args.batch_size / args.num_workers)
         total = min(args.max_steps or 10**12, steps_per_epoch * args.epochs)
-        warnings = _few_steps(total, steps_per_epoch, args)
+        warnings += _few_steps(total, steps_per_epoch, args) + _unbalanced(classes, args)
         config = LoopConfig(task=args.task, model=portable_ref(args.model), epochs=args.epochs, total_steps=total,
                             batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed, precision=args.precision,
-                            whole_word=args.whole_word, mask_probability=args.mask_probability)
-        storage_uri = (storage or out.uri).rstrip("/") + "/checkpoints"
+                            whole_word=args.whole_word, mask_probability=args.mask_probability,
+                            labels=tuple(labels or ()), class_weights=_weights(classes, args))
+        storage_uri = (args.storage or out.uri).rstrip("/") + "/checkpoints"
         sfs, spath = filesystem(storage_uri)
         run_config = RunConfig(name="run", storage_path=spath if "file" not in sfs.protocol else os.path.abspath(spath),
                                storage_filesystem=None if "file" in sfs.protocol else arrow_filesystem(sfs),
@@ -160,23 +139,59 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         result = trainer.fit()
         metrics = _metrics(result, args, model_path, counts, warnings)
         _export(result.get_best_checkpoint("eval_loss", "min"), out)
-        if args.task == "stars":
-            metrics["test"] = _test_metrics(splits["test"], out.tmp_uri("model"), args.use_gpu)
+        if labels:
+            metrics.update(labels=labels, classes=classes, class_weights=list(config.class_weights) or None)
+            metrics["test"] = _test_metrics(splits["test"], out.tmp_uri("model"), args.use_gpu, labels,
+                                            stars=args.task == "stars")
         _plots(metrics, out)
-        out.commit(arguments or asdict(args), fingerprints(files), counts, {"metrics.json": metrics})
+        out.commit(run.arguments or asdict(args), fingerprints(data_in), counts, {"metrics.json": metrics})
         metrics["wall_time_s"] = round(time.time() - started, 1)
         return metrics
+
+
+def _warn(message: str) -> list[str]:
+    """Print a warning (stderr) and return it for metrics.json."""
+    print(f"reviewlm: warning: {message}", file=sys.stderr)
+    return [message]
+
+
+def _quarantine(rows: ray.data.Dataset, out: OutputDir, args: TrainArgs) -> tuple[list[str], dict]:
+    """Write the rows training cannot use to quarantine/; a warning saying how many and why."""
+    bad = data.quarantined(rows).materialize()
+    n = bad.count()
+    counts = {"read": rows.count(), "quarantined": n}
+    if not n:
+        return [], counts
+    bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_filesystem(out.fs))
+    reasons = bad.groupby("error").count().to_pandas().sort_values("count()", ascending=False)
+    top = reasons.iloc[0]
+    if n == counts["read"]:
+        raise UsageError(f"no usable training rows: all {n} rows are quarantined, {int(top['count()'])} "
+                         f"of them with: {top['error']}")
+    return _warn(f"{n} of {counts['read']} rows quarantined (see quarantine/), most often: {top['error']} "
+                 f"({int(top['count()'])})"), counts
 
 
 def _few_steps(total: int, per_epoch: int, args: TrainArgs) -> list[str]:
     """A warning when the run makes too few optimizer steps to learn much."""
     if total >= FEW_STEPS:
         return []
-    message = (f"this run makes only {total} optimizer steps ({per_epoch} per epoch: the train split over "
-               f"--batch-size {args.batch_size} x {args.num_workers} workers); fine-tuning usually needs "
-               f"{FEW_STEPS} or more: give more --epochs, a smaller --batch-size or more data")
-    print(f"reviewlm: warning: {message}", file=sys.stderr)
-    return [message]
+    return _warn(f"this run makes only {total} optimizer steps ({per_epoch} per epoch: the train split over "
+                 f"a batch of {args.batch_size} x {args.num_workers} workers); fine-tuning usually needs "
+                 f"{FEW_STEPS} or more: give more epochs, a smaller batch size or more data")
+
+
+def _unbalanced(classes: dict[str, int] | None, args: TrainArgs) -> list[str]:
+    message = imbalance(classes) if classes and args.class_weights == "none" else None
+    return _warn(message) if message else []
+
+
+def _weights(classes: dict[str, int] | None, args: TrainArgs) -> tuple[float, ...]:
+    """`balanced`: n / (classes x rows of the class), as scikit-learn's; 0 for a class with no rows."""
+    if not classes or args.class_weights == "none":
+        return ()
+    n, k = sum(classes.values()), sum(1 for v in classes.values() if v)
+    return tuple(round(n / (k * v), 6) if v else 0.0 for v in classes.values())
 
 
 def _metrics(result, args: TrainArgs, model_path: str, counts: dict, warnings: list[str]) -> dict:
@@ -196,16 +211,18 @@ def _metrics(result, args: TrainArgs, model_path: str, counts: dict, warnings: l
     return metrics
 
 
-def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool) -> dict:
-    """Star metrics of the exported model on the test split, scored as `reviewlm score` does."""
-    from reviewlm.score.scorer import StarScorer
+def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool, labels: list[str], stars: bool) -> dict:
+    """Metrics of the exported model on the test split, scored as `reviewlm score` does."""
+    from reviewlm.score.scorer import ClassifyScorer
 
-    scored = test.map_batches(StarScorer, fn_constructor_args=("model", model_uri, use_gpu), batch_size=256,
+    scored = test.map_batches(ClassifyScorer, fn_constructor_args=("model", model_uri, use_gpu), batch_size=256,
                               batch_format="numpy", compute=ActorPoolStrategy(size=1),
                               **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})).materialize()
-    cells = scored.groupby(["rating", "predicted"]).count().to_pandas()
-    cm = confusion_matrix(cells["rating"] - 1, cells["predicted"] - 1, counts=cells["count()"])
-    return {**star_metrics(cm), "loss": scored.mean("nll")}
+    cells = scored.groupby(["label", "predicted"]).count().to_pandas()
+    index = {label: i for i, label in enumerate(labels)}
+    cm = confusion_matrix(cells["label"].map(index), cells["predicted"].map(index), n=len(labels),
+                          counts=cells["count()"])
+    return {**(star_metrics(cm) if stars else classification_metrics(cm, labels)), "loss": scored.mean("nll")}
 
 
 def _export(checkpoint, out: OutputDir) -> None:
@@ -222,7 +239,8 @@ def _plots(metrics: dict, out: OutputDir) -> None:
 
     figures = {"loss.png": plots.loss_curve(metrics)}
     if "test" in metrics:
-        figures["confusion.png"] = plots.confusion(metrics["test"]["confusion_matrix"], "Star classifier, test split")
+        figures["confusion.png"] = plots.confusion(metrics["test"]["confusion_matrix"], metrics["labels"],
+                                                   f"{metrics['task']} classifier, test split")
     for name, png in figures.items():
         with out.fs.open(f"{out.tmp}/{name}", "wb") as fh:
             fh.write(png)

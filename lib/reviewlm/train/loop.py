@@ -38,18 +38,22 @@ class LoopConfig:
     precision: str
     whole_word: bool
     mask_probability: float
+    labels: tuple[str, ...] = ()  # classes in id order (not mlm)
+    class_weights: tuple[float, ...] = ()  # per class, for the training loss; () is unweighted
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
 
 
-def load_model(task: str, path: str):
+def load_model(task: str, path: str, labels: tuple[str, ...] = ()):
+    """A masked LM, or a sequence classifier whose config names `labels` (what pipelines print);
+    a classifier head of another size (say, a star model tuned for relevance) starts anew."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     if task == "mlm":
         return AutoModelForMaskedLM.from_pretrained(path, use_safetensors=True)
     return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=5, use_safetensors=True,
-        id2label={i: f"{i + 1} stars" for i in range(5)}, label2id={f"{i + 1} stars": i for i in range(5)})
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)},
+        ignore_mismatched_sizes=True, use_safetensors=True)
 
 
 class MaskedLMLoss(torch.nn.Module):
@@ -71,9 +75,30 @@ class MaskedLMLoss(torch.nn.Module):
         return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.float(), labels[where]), logits=logits)
 
 
-def trainable(task: str, model) -> torch.nn.Module:
-    """What the optimizer and DDP see: for mlm, the model with its head only where masked."""
-    return MaskedLMLoss(model) if task == "mlm" and mask_head(model) is not None else model
+class WeightedClassifierLoss(torch.nn.Module):
+    """A classifier whose training loss weighs each class (`--class-weights balanced`).
+
+    Evaluation (`eval()` mode) reports the plain loss, comparable across runs and recomputable
+    from the saved model.
+    """
+
+    def __init__(self, model, weights: tuple[float, ...]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("weight", torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, input_ids, attention_mask, labels):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=self.weight if self.training else None)
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
+def trainable(config: LoopConfig, model) -> torch.nn.Module:
+    """What the optimizer and DDP see: for mlm, the model with its head only where masked;
+    for weighted classes, the model with its weighted loss."""
+    if config.task == "mlm" and mask_head(model) is not None:
+        return MaskedLMLoss(model)
+    return WeightedClassifierLoss(model, config.class_weights) if config.class_weights else model
 
 
 class MLMCollate(NumpyBatchCollateFn):
@@ -143,8 +168,8 @@ def set_up(config: LoopConfig) -> Run:
     ctx = ray.train.get_context()
     model_path = resolve_model(config.model)  # on this node: its own cache
     device = ray.train.torch.get_device()
-    hf = load_model(config.task, model_path)
-    model = ray.train.torch.prepare_model(trainable(config.task, hf))
+    hf = load_model(config.task, model_path, config.labels)
+    model = ray.train.torch.prepare_model(trainable(config, hf))
     use_amp = device.type == "cuda" and config.precision in ("fp16", "bf16")
     optimizer = adamw(model, config.lr, config.weight_decay)
     total = config.total_steps
@@ -166,33 +191,54 @@ def restore(run: Run) -> None:
         return
     with checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE), weights_only=True)
-        run.hf.load_state_dict(load_model(run.config.task, d).state_dict())
+        run.hf.load_state_dict(load_model(run.config.task, d, run.config.labels).state_dict())
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.epoch, run.step, run.history = state["epoch"], state["step"], state["history"]
     run.history["restarts"].append({"from_epoch": run.epoch, "from_step": run.step})
 
 
+def full_batches(chunks, size: int):
+    """Numpy batches re-cut so that each but the last holds a multiple of `size` rows.
+
+    Ray Data's shuffling iterator may hand out a short batch mid-stream (at a block
+    boundary), at places that differ between shards; cut as they come, ranks holding equal
+    shards would make different numbers of steps, and DDP would wait forever.
+    """
+    carry = None
+    for chunk in chunks:
+        if carry is not None:
+            chunk = {k: np.concatenate([carry[k], v]) for k, v in chunk.items()}
+        n = len(chunk["input_ids"]) // size * size
+        carry = {k: v[n:] for k, v in chunk.items()}
+        if n:
+            yield {k: v[:n] for k, v in chunk.items()}
+    if carry is not None and len(carry["input_ids"]):
+        yield carry
+
+
 def batches(run: Run, shard, collate):
     """This epoch's training batches on this worker's device, shuffled with a seed per epoch.
 
-    Masked LM: blocks of equal length. Reviews: batches of similar lengths (like transformers'
-    `group_by_length`): megabatches of `LENGTH_GROUP` batches are sorted by length, cut into
-    batches, and those are taken in a seeded random order. Ranks hold equal shards, so they
-    make the same number of steps.
+    Megabatches of `LENGTH_GROUP` batches come from a seeded local shuffle. Masked LM: they
+    are cut in order (blocks are of equal length). Reviews: batches of similar lengths (like
+    transformers' `group_by_length`): each megabatch is sorted by length, cut, and its batches
+    taken in a seeded random order. A shard of n rows makes ceil(n / batch size) batches, so
+    ranks with equal shards step in lockstep.
     """
     bs, seed = run.config.batch_size, run.config.seed + run.epoch
-    if run.config.task == "mlm":
-        yield from shard.iter_torch_batches(batch_size=bs, collate_fn=collate, device=run.device,
-                                            local_shuffle_buffer_size=4 * bs, local_shuffle_seed=seed)
-        return
     rng = np.random.default_rng(seed)
-    for mega in shard.iter_batches(batch_size=LENGTH_GROUP * bs, batch_format="numpy",
-                                   local_shuffle_buffer_size=LENGTH_GROUP * bs, local_shuffle_seed=seed):
-        order = np.argsort([len(x) for x in mega["input_ids"]], kind="stable")
-        groups = [order[i:i + bs] for i in range(0, len(order), bs)]
-        for g in rng.permutation(len(groups)):
-            yield {k: v.to(run.device) for k, v in collate({k: v[groups[g]] for k, v in mega.items()}).items()}
+    megas = shard.iter_batches(batch_size=LENGTH_GROUP * bs, batch_format="numpy",
+                               local_shuffle_buffer_size=LENGTH_GROUP * bs, local_shuffle_seed=seed)
+    for mega in full_batches(megas, bs):
+        n = len(mega["input_ids"])
+        if run.config.task == "mlm":
+            groups = [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
+        else:
+            order = np.argsort([len(x) for x in mega["input_ids"]], kind="stable")
+            groups = [order[i:i + bs] for i in rng.permutation(range(0, n, bs))]
+        for g in groups:
+            yield {k: v.to(run.device) for k, v in collate({k: v[g] for k, v in mega.items()}).items()}
 
 
 def train_epoch(run: Run, shard, collate) -> tuple[float, float | None]:
