@@ -127,7 +127,7 @@ def test_labels_outside_the_list_and_empty_labels_are_quarantined(tmp_path):
     (None, ["--label-column", "grade"], "no label column 'grade'"),
     (lambda r: {**r, "esci_label": "Exact"}, ["--label-column", "esci_label"],
      "holds 1 class(es) among the usable rows (Exact)"),
-    (None, [], "--task classify needs --label-column"),
+    (None, [], "the classify task needs --label-column"),
     (None, ["--label-column", "esci_label", "--labels", "Exact"], "give two or more comma-separated class names"),
 ], ids=["missing label column", "one class only", "no label column given", "one label given"])
 def test_classification_input_that_cannot_train_exits_2(tmp_path, edit, labels, message):

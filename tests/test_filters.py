@@ -9,7 +9,7 @@ from reviewlm.filters.base import All, Any, Not
 from reviewlm.filters.dedup import FIRST, ORDER, Dedup, add_keys
 from reviewlm.filters.recipe import load_recipe, parse_recipe
 from reviewlm.filters.sentiment import Sentiment
-from reviewlm.filters.stage import funnel, route_batch
+from reviewlm.filters.stage import StepStats, funnel, route_batch
 from reviewlm.filters.text import Length, NonNull
 from reviewlm.io.readers import CANONICAL
 
@@ -111,10 +111,10 @@ def test_route_batch_annotate_mode_scores_every_row():
 
 def test_funnel_from_dropped_counts():
     expr = NonNull() & keywords.brand() & keywords.product()
-    assert funnel(expr, 10, {"non_null": 2, "product": 3}) == [
-        {"name": "non_null", "seen": 10, "passed": 8, "dropped": 2},
-        {"name": "brand", "seen": 8, "passed": 8, "dropped": 0},
-        {"name": "product", "seen": 8, "passed": 5, "dropped": 3}]
+    assert list(funnel(expr, 10, {"non_null": 2, "product": 3})) == [
+        StepStats("non_null", seen=10, passed=8, dropped=2),
+        StepStats("brand", seen=8, passed=8, dropped=0),
+        StepStats("product", seen=8, passed=5, dropped=3)]
 
 
 def test_recipe_builds_the_expression_tree():

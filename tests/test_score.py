@@ -135,7 +135,7 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
     write_synth(str(tmp_path / "corpus"), 60, seed=9)
     out = tmp_path / "score"
     summary = score_models({"base": "starter", "tiny": "tiny"}, str(out), prompts=PROMPTS[:5] + ["no mask here"],
-                           corpus=[str(tmp_path / "corpus")], word_sets=WORDS, top_k=5, num_actors=1)
+                           corpus=[str(tmp_path / "corpus")], word_sets=WORDS, args=ScoreArgs(top_k=5, num_actors=1))
     preds = pd.read_parquet(out / "predictions")
     assert list(preds.columns[:6]) == ["model", "prompt", "prompt_index", "mask_index", "rank", "token"]
     assert len(preds) == 2 * 5 * 5 and set(preds["model"]) == {"base", "tiny"}

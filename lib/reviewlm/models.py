@@ -156,8 +156,8 @@ def resolve_model(ref: str | None) -> str:
         return snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception as exc:  # noqa: BLE001 - any hub failure is the same answer to the user
         raise UsageError(f"cannot load model {ref!r} from the Hugging Face hub ({type(exc).__name__}); "
-                         "offline, use --model starter, --model tiny, a local directory or an s3:// "
-                         "directory") from None
+                         "offline, use {o} starter, {o} tiny, a local directory or an s3:// directory",
+                         o="model") from None
 
 
 def mask_head(model):

@@ -19,7 +19,7 @@ def init_ray(run: RunOptions) -> None:
     Ray's log lines (its workers', Ray Data's and Ray Train's) go to the session's log
     files, named once on the console, unless `run.verbose` (or REVIEWLM_VERBOSE) is set.
     """
-    import ray
+    import ray.data
 
     if ray.is_initialized():
         return
@@ -33,8 +33,8 @@ def init_ray(run: RunOptions) -> None:
         if not verbose:
             print(f"Ray logs: {ray._private.worker.global_worker.node.get_logs_dir_path()} "
                   "(--verbose to show them here)", file=sys.stderr)
-    ray.data.DataContext.get_current().enable_progress_bars = verbose or sys.stderr.isatty()
     _quiet_console(verbose)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose or sys.stderr.isatty()
 
 
 class _NoTraceback(logging.Formatter):
@@ -42,10 +42,16 @@ class _NoTraceback(logging.Formatter):
         return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None}))
 
 
+NOT_FOR_USERS = (
+    "does not have any available CPUs",  # our jobs hold CPUs on purpose (training workers,
+    # scoring actors) while they read materialized data or leave a CPU free: no hang
+    "Progress bars disabled",  # we turn them off where the console is not a terminal
+)
+
+
 def _no_false_alarm(record: logging.LogRecord) -> bool:
-    """Drop Ray Data's "no available CPUs ... will hang" line: our jobs hold CPUs on purpose
-    (training workers, scoring actors) while reading materialized data or leaving a CPU free."""
-    return "does not have any available CPUs" not in record.getMessage()
+    """False for Ray Data's warnings that say nothing to our users (`NOT_FOR_USERS`)."""
+    return not any(text in record.getMessage() for text in NOT_FOR_USERS)
 
 
 def _quiet_console(verbose: bool) -> None:

@@ -59,7 +59,11 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         raise UsageError("give at least one {o} NAME=REF", o="model")
     if task != "mlm" and not corpus:
         raise UsageError(f"the {task} task scores texts: give {{o}}", o="corpus")
+    from transformers import AutoConfig
+
     paths = {name: resolve_model(ref) for name, ref in models.items()}  # fails fast; actors resolve again
+    classes = {name: S.class_names(AutoConfig.from_pretrained(path), task)
+               for name, path in paths.items()} if task != "mlm" else {}
     texts = check_inputs(corpus, columns) if corpus else None
     extras = {"train": read_json(args.train_metrics) if args.train_metrics else None,
               "filter": read_json(args.filter_stats) if args.filter_stats else None}
@@ -79,14 +83,14 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                                **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(texts, columns).map_batches(with_text, batch_format="pyarrow")
-                actor, actor_args = ((S.CorpusScorer, (name, ref, use_gpu)) if task == "mlm" else
-                                     (S.ClassifyScorer, (name, ref, use_gpu, "rating" if task == "stars" else "label")))
+                actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
+                actor_args = (name, ref, use_gpu) + ((task,) if task != "mlm" else ())
                 scored = reviews.map_batches(actor, fn_constructor_args=actor_args, batch_size=args.batch_size,
                                              batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
                                              **per_actor)
                 scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
         scored_prompts = _read(out, "prompts")
-        summary = _summary(out, models, paths, task, word_sets, scored_prompts)
+        summary = _summary(out, models, paths, classes, task, word_sets, scored_prompts)
         from reviewlm.report.render import write_report
 
         write_report(out, summary, _read(out, "predictions"), scored_prompts, extras)
@@ -95,14 +99,6 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary})
         summary["wall_time_s"] = round(time.time() - started, 2)
         return summary
-
-
-def class_names(path: str) -> list[str]:
-    """A classifier's classes in id order, from its config."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
 def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
@@ -122,7 +118,7 @@ def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
     return pool, {"num_cpus": 1}, min(pool, cpus - 1)
 
 
-def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: dict,
+def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict,
              prompts: pd.DataFrame) -> dict:
     from transformers import AutoTokenizer
 
@@ -142,8 +138,7 @@ def _summary(out: OutputDir, models: dict, paths: dict, task: str, word_sets: di
         summary["corpus_reviews"] = int(corpus.groupby("model").size().max())
     scored = _read(out, "labels")
     if len(scored):
-        labels = {name: class_names(path) for name, path in paths.items()}
-        for name, values in M.labels_summary(scored, labels, stars=task == "stars").items():
+        for name, values in M.labels_summary(scored, classes, stars=task == "stars").items():
             summary["models"][name][task] = values
         summary["corpus_reviews"] = int(scored.groupby("model").size().max())
     names = list(models)

@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from reviewlm.errors import UsageError
 from reviewlm.filters.sentiment import analyzer
+from reviewlm.metrics import STARS
 from reviewlm.models import mask_head
 
 SUBSTITUTION_TOP = 1000
@@ -201,18 +203,28 @@ class CorpusScorer(_ModelActor):
         return pa.Table.from_pylist(rows, schema=CORPUS).append_column("_route", pa.array(["corpus"] * len(rows)))
 
 
+def class_names(config, task: str = "classify") -> list[str]:
+    """A classifier's classes in id order: its `id2label`, or for stars the five ratings
+    (class k is k+1 stars, whatever the model calls it)."""
+    if task != "stars":
+        return [str(config.id2label[i]) for i in range(config.num_labels)]
+    if config.num_labels != len(STARS):
+        raise UsageError(f"the stars task needs a model with 5 classes (1-5 stars), not {config.num_labels}")
+    return list(STARS)
+
+
 class ClassifyScorer(_ModelActor):
     """Per text (or text pair): the predicted class, its probability and every class's.
 
-    Class names come from the model's `id2label`. With a label column (`label`, or `rating`
+    Class names are `class_names(config, task)`. With a label column (`label`, or `rating`
     for stars), each row also gets the true label and its negative log-likelihood.
     """
 
-    def __init__(self, name, ref, use_gpu, label_column: str = "label", micro_batch: int = 32):
+    def __init__(self, name, ref, use_gpu, task: str = "classify", micro_batch: int = 32):
         super().__init__(name, ref, use_gpu, task="classify")
-        self.labels = [str(self.model.config.id2label[i]) for i in range(self.model.config.num_labels)]
+        self.labels = class_names(self.model.config, task)
         self.index = {label: i for i, label in enumerate(self.labels)}
-        self.label_column, self.micro = label_column, micro_batch
+        self.label_column, self.micro = ("rating" if task == "stars" else "label"), micro_batch
 
     def probabilities(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         _, groups = self.micro_batches(texts, self.micro, pairs)
