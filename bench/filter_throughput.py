@@ -95,10 +95,11 @@ def peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list) -> None:
     out.append(peak)
 
 
-def reviewlm_run(corpus: Path, out: Path, cpus: int, recipe: Path, mode: str = "annotate") -> dict:
-    """Run the CLI; return job rows/s (from Ray up to `_SUCCESS`), process wall time and peak RSS."""
+def reviewlm_run(corpus: Path, out: Path, cpus: int, recipe: Path, mode: str = "annotate",
+                 extra: list[str] = ()) -> dict:
+    """Run the CLI; return job time and rows/s (from Ray up to `_SUCCESS`), process wall time and peak RSS."""
     cmd = [str(BIN / "reviewlm"), "filter", str(corpus), "--output", str(out), "--overwrite",
-           "--num-cpus", str(cpus), "--mode", mode, "--recipe", str(recipe)]
+           "--num-cpus", str(cpus), "--mode", mode, "--recipe", str(recipe), *extra]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -112,7 +113,8 @@ def reviewlm_run(corpus: Path, out: Path, cpus: int, recipe: Path, mode: str = "
         raise SystemExit(f"reviewlm failed: {err[-3000:]}")
     stats = json.loads((out / "stats.json").read_text())
     job_s = stats["wall_time_s"] - stats["ray_start_s"]
-    return {"rows": stats["rows_read"], "job_rows_s": stats["rows_read"] / job_s, "ray_start_s": stats["ray_start_s"],
+    return {"rows": stats["rows_read"], "job_s": job_s, "job_rows_s": stats["rows_read"] / job_s,
+            "ray_start_s": stats["ray_start_s"],
             "process_s": time.perf_counter() - start, "peak_rss_mb": peak[0] / 2**20,
             "kept": stats.get("would_keep", stats["kept"])}
 

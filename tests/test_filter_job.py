@@ -13,7 +13,9 @@ from nltk.sentiment.vader import SentimentIntensityAnalyzer
 from reviewlm.filters import vader
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
+from reviewlm.io.readers import check_inputs, plan_pieces
 from reviewlm.io.storage import read_success
+from reviewlm.options import RunOptions
 
 from tests.conftest import run_cli
 
@@ -109,6 +111,32 @@ def test_every_row_is_accounted_for_reading_and_writing_s3(ray_cluster, corpus, 
     assert manifest["counts"]["rows_read"] == stats["rows_read"] and len(manifest["inputs"]) == 5
     assert json.loads(s3.cat("reviews/out/stats.json")) == stats
     assert not s3.exists("reviews/out/_temporary")
+
+
+def test_a_file_read_in_byte_ranges_keeps_rejects_and_quarantines_the_same_rows(ray_cluster, s3, tmp_path):
+    """One CSV on S3 with duplicates, quoted newlines and broken records, read whole and in ~400-byte ranges."""
+    rows = good_rows(150)
+    for r in rows[::9]:
+        r["text"] = r["text"] + ', said\n""everyone""'  # a quoted field over two lines
+    lines = csv_bytes(rows).split(b"\n")
+    for i, broken in enumerate(BROKEN_CSV):
+        lines.insert(10 + 20 * i, broken)
+    s3.pipe("reviews/split/r.csv", b"\n".join(lines))
+    size = 400 / 2**20
+    assert len(plan_pieces(check_inputs(["s3://reviews/split/r.csv"]), int(size * 2**20))) > 10
+    seen = {}
+    for name, mb in (("whole", 64), ("ranges", size)):
+        out = tmp_path / name
+        stats = filter_reviews(["s3://reviews/split/r.csv"], str(out), recipe=parse_recipe(RECIPE),
+                               run=RunOptions(split_mb=mb)).to_json()
+        routes = {route: pd.read_parquet(out / route).sort_values("id") for route in ("kept", "rejected", "quarantine")}
+        seen[name] = ({k: v for k, v in stats.items() if not k.endswith("_s")},
+                      {route: t["id"].tolist() for route, t in routes.items()},
+                      routes["rejected"][["id", "dropped_by", "duplicate_of"]].to_dict("records"),
+                      routes["quarantine"][["id", "source", "row", "error"]].to_dict("records"))
+    assert seen["whole"] == seen["ranges"]
+    assert seen["whole"][0]["quarantined"] == len(BROKEN_CSV) and seen["whole"][0]["kept"] > 0
+    assert any("\n" in t for t in pd.read_parquet(tmp_path / "ranges" / "kept")["text"])
 
 
 def test_annotate_mode_keeps_every_row_with_scores(ray_cluster, corpus, tmp_path):

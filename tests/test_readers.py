@@ -5,6 +5,7 @@ import io
 import json
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from reviewlm.io.readers import (
@@ -16,8 +17,10 @@ from reviewlm.io.readers import (
     read_json_array,
     read_jsonl,
     read_parquet_file,
+    read_piece,
+    split_file,
 )
-from reviewlm.io.storage import infer_format
+from reviewlm.io.storage import InputFile, infer_format
 
 
 def rows(reader, data: bytes, *args, columns=Columns()):
@@ -109,3 +112,68 @@ def test_format_inference_looks_through_compression():
     assert infer_format("a.CSV") == "csv" and infer_format("a.tsv.bz2") == "tsv"
     assert infer_format("a.parquet") == "parquet" and infer_format("a.txt") is None
     assert gzip.decompress(gzip.compress(b"x")) == b"x"
+
+
+def broken_csv(n: int = 120) -> bytes:
+    """A CSV with a BOM, CRLF, blank lines, quoted newlines and commas, and broken records."""
+    lines = [b"\xef\xbb\xbfid,text,rating"]
+    for i in range(n):
+        if i % 17 == 3:
+            lines.append(f'{i},"a review over\nthree lines, ""quoted""\nand done",4'.encode())
+        elif i % 23 == 5:
+            lines.append(f"{i},too,many,fields".encode())
+        elif i % 29 == 7:
+            lines.append(f"{i},caf".encode() + b"\xe9,5")
+        elif i % 31 == 11:
+            lines.append(b"")
+        else:
+            lines.append(f"{i},review number {i} is fine,{1 + i % 5}\r".encode())
+    lines.insert(n // 2, b'999,"a quote that never closes,3')
+    return b"\n".join(lines) + b"\n"
+
+
+def broken_jsonl(n: int = 200) -> bytes:
+    lines = []
+    for i in range(n):
+        record = {"id": str(i), "text": f"review {i} " * (1 + i % 7), "rating": 1 + i % 5}
+        lines.append(b"{broken" if i % 13 == 4 else b"" if i % 19 == 2 else json.dumps(record).encode())
+    return b"\xef\xbb\xbf" + b"\n".join(lines)  # no newline at the end
+
+
+def read_in_pieces(tmp_path, name: str, data: bytes, size: int) -> tuple[list[dict], int]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    fs = pafs.LocalFileSystem()
+    pieces = split_file(fs, InputFile(str(path), str(path), infer_format(name), len(data)), size)
+    return [r for p in pieces for t in read_piece(fs, p, Columns()) for r in t.to_pylist()], len(pieces)
+
+
+@pytest.mark.parametrize("name, data", [("r.csv", broken_csv()), ("r.jsonl", broken_jsonl())], ids=["csv", "jsonl"])
+def test_a_file_read_in_byte_ranges_gives_the_rows_it_gives_read_whole(tmp_path, name, data):
+    """Every cut from 40 bytes to the whole file: the same records, numbers, ids and quarantine."""
+    whole, n = read_in_pieces(tmp_path, name, data, len(data))
+    assert n == 1 and any(r["_error"] for r in whole) and len({r["id"] for r in whole}) == len(whole)
+    for size in range(40, len(data), 23):
+        rows_, pieces = read_in_pieces(tmp_path, name, data, size)
+        assert rows_ == whole and (pieces > 1 or size > len(data) // 2), size
+
+
+def test_a_quoted_newline_on_a_range_edge_stays_one_record(tmp_path):
+    data = b'id,text\n1,"first half\nsecond half"\n2,plain\n'
+    cut = data.index(b"second")  # the range edge falls inside the quoted field
+    rows_, pieces = read_in_pieces(tmp_path, "q.csv", data, cut)
+    assert pieces == 2 and [r["text"] for r in rows_] == ["first half\nsecond half", "plain"]
+
+
+def test_parquet_splits_by_row_groups_and_compressed_files_stay_whole(tmp_path):
+    table = pa.table({"text": [f"review {i}" for i in range(1000)], "rating": [1 + i % 5 for i in range(1000)]})
+    pq.write_table(table, tmp_path / "r.parquet", row_group_size=100)
+    fs, size = pafs.LocalFileSystem(), (tmp_path / "r.parquet").stat().st_size
+    file = InputFile(str(tmp_path / "r.parquet"), str(tmp_path / "r.parquet"), "parquet", size)
+    pieces = split_file(fs, file, size // 4)
+    rows_ = [r for p in pieces for t in read_piece(fs, p, Columns()) for r in t.to_pylist()]
+    assert 3 <= len(pieces) <= 5 and [r["_row"] for r in rows_] == list(range(1, 1001))
+    assert [r["text"] for r in rows_] == table["text"].to_pylist()
+    (tmp_path / "r.jsonl.gz").write_bytes(gzip.compress(broken_jsonl()))
+    gz = InputFile(str(tmp_path / "r.jsonl.gz"), str(tmp_path / "r.jsonl.gz"), "jsonl", 10**9)
+    assert len(split_file(fs, gz, 100)) == 1

@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
-    add_options(p, RunOptions, only=("address", "num_cpus", "verbose") + (("overwrite",) if overwrite else ()))
+    names = ("address", "num_cpus", "verbose", "split_mb") + (("overwrite",) if overwrite else ())
+    add_options(p, RunOptions, only=names)
 
 
 def _columns(p: argparse.ArgumentParser, *names: str) -> None:

@@ -64,15 +64,28 @@ def from_options(cls, namespace: argparse.Namespace, **given):
     return cls(**{**{k: v for k, v in vars(namespace).items() if k in known}, **given})
 
 
+SPLIT_MB = 64  # files larger than this many MB are read in ranges (see reviewlm.io.readers.split_file)
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """Where a job runs and what it may replace: the same for every job."""
+    """Where a job runs, how it splits its reads and what it may replace: the same for every job."""
 
     address: str | None = option(None, help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     num_cpus: int | None = option(None, help="CPUs of a local Ray (default: all cores)")
     overwrite: bool = option(False, help="replace an existing output")
     verbose: bool = option(False, help="show Ray's own log lines on the console too")
+    split_mb: float = option(SPLIT_MB, help="plain JSONL/CSV/TSV and Parquet files larger than this many MB are read "
+                                      "by several tasks, cut at record boundaries (compressed files: one task)")
     arguments: dict = field(default_factory=dict)  # what the output's manifest records (secrets masked)
+
+    def __post_init__(self):
+        if not self.split_mb > 0:
+            raise UsageError(f"{{o}} must be positive, not {self.split_mb}", o="split_mb")
+
+    @property
+    def split_bytes(self) -> int:
+        return max(1, int(self.split_mb * (1 << 20)))
 
 
 # Measured on 1,000 reviews, 2 epochs, batch 16 x 2 workers (bench/RESULTS.md): a classifier

@@ -22,7 +22,7 @@ from reviewlm.train.job import TrainArgs, train_model
 
 # The demo's offline settings: a synthesized corpus, the starter model, a budget for 2 cores.
 DEMO_ROWS = 20_000
-DEMO_TRAIN = TrainArgs(model="starter", epochs=50, max_steps=80, batch_size=16, lr=3e-4, chunk_size=64,
+DEMO_TRAIN = TrainArgs(model="starter", epochs=50, max_steps=72, batch_size=16, lr=3e-4, chunk_size=64,
                        eval_fraction=0.1, num_workers=2)
 
 

@@ -133,7 +133,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         started = time.time()
         init_ray(run)
         ray_start = time.time() - started
-        ds = read_reviews(source, columns)
+        ds = read_reviews(source, columns, run.split_bytes)
         for kind in dict.fromkeys(type(leaf) for leaf in recipe.leaves()):
             ds = kind.prepare(ds)
         # One batch per block (at most DataContext.target_max_block_size): a batch_size

@@ -1,8 +1,10 @@
 """Read any review dump into the canonical review dataset, quarantining what cannot be parsed.
 
 One streaming Ray Data datasource reads CSV, TSV, JSONL, JSON arrays and Parquet (plain or
-compressed). Every record becomes one row of the same schema: the canonical columns, plus
-`_row` (record number in its file) and `_raw`/`_error`, set only for quarantined records. Nothing is dropped here.
+compressed), a read task per piece: a big plain file is cut into byte ranges at record
+boundaries (Parquet: runs of row groups), read in parallel (`split_file`). Every record
+becomes one row of the same schema: the canonical columns, plus `_row` (record number in
+its file) and `_raw`/`_error`, set only for quarantined records. Nothing is dropped here.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.datasource import FileBasedDatasource
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from reviewlm.errors import UsageError, storage_error
-from reviewlm.io.storage import Inputs, expand_inputs
-from reviewlm.options import option
+from reviewlm.io.storage import InputFile, Inputs, compressed, expand_inputs
+from reviewlm.options import SPLIT_MB, option
 
 CANONICAL = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("rating", pa.int64()), ("title", pa.string()),
@@ -34,6 +38,8 @@ MAX_RECORD_LINES = 10_000
 MAX_RECORD_BYTES = 64 << 20
 MAX_TEXT_CHARS = 1_000_000  # a longer "review" is a broken export, not a review: quarantined
 RAW_LIMIT = 10_000  # characters of a broken record kept in quarantine
+SPLIT_BYTES = SPLIT_MB << 20
+SCAN_CHUNK = 8 << 20
 csv.field_size_limit(MAX_RECORD_BYTES)  # the default (131,072) would refuse long quoted reviews
 
 
@@ -144,8 +150,9 @@ class _Batcher:
         return table
 
 
-def _lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Physical lines of a byte stream, without the trailing newline."""
+def _lines(f, offset: int = 0, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """Physical lines of a byte stream that starts at `offset`: (where each begins, the line
+    without its newline)."""
     rest = b""
     while True:
         data = f.read(chunk)
@@ -153,9 +160,11 @@ def _lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
             break
         parts = (rest + data).split(b"\n")
         rest = parts.pop()
-        yield from parts
+        for part in parts:
+            yield offset, part
+            offset += len(part) + 1
     if rest:
-        yield rest
+        yield offset, rest
 
 
 def _decode(raw: bytes) -> str:
@@ -169,26 +178,33 @@ def _raw_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="backslashreplace")
 
 
-def _records(f) -> Iterator[tuple[int, bytes]]:
-    """CSV records as (first line number, bytes): lines are joined while a quote is open.
+def _line_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """JSONL records: one per line, as (line number, offset, bytes)."""
+    for n, (offset, line) in enumerate(lines, start=number):
+        yield n, offset, line
+
+
+def _records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """CSV records as (first line number, its offset, bytes): lines are joined while a quote is open.
 
     A quote that never closes (within MAX_RECORD_LINES lines or MAX_RECORD_BYTES, or before
     the end of the file) makes its first line a broken record; reading resumes on the next.
+    Whatever came before, reading from a record's offset gives the same records after it.
     """
-    lines = enumerate((line.rstrip(b"\r") for line in _lines(f)), start=1)
-    replay: list[tuple[int, bytes]] = []
-    pending: list[tuple[int, bytes]] = []
+    numbered = ((n, o, line.rstrip(b"\r")) for n, (o, line) in enumerate(lines, start=number))
+    replay: list[tuple[int, int, bytes]] = []
+    pending: list[tuple[int, int, bytes]] = []
     quotes = size = 0
     while True:
-        item = replay.pop(0) if replay else next(lines, None)
+        item = replay.pop(0) if replay else next(numbered, None)
         if item is None and not pending:
             return
         if item is not None:
             pending.append(item)
-            quotes += item[1].count(b'"')
-            size += len(item[1])
+            quotes += item[2].count(b'"')
+            size += len(item[2])
             if quotes % 2 == 0:
-                yield pending[0][0], b"\n".join(line for _, line in pending)
+                yield pending[0][0], pending[0][1], b"\n".join(line for _, _, line in pending)
                 pending, quotes, size = [], 0, 0
                 continue
             if len(pending) <= MAX_RECORD_LINES and size <= MAX_RECORD_BYTES:
@@ -206,18 +222,26 @@ def _split(text: str, delimiter: str) -> list[str]:
     return rows[0]
 
 
-def _content(records: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
-    """Numbered records without the UTF-8 byte-order mark and without blank ones."""
-    for number, raw in records:
+def _content(records, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Numbered records that start before `end`, without the UTF-8 byte-order mark and blank ones."""
+    for number, offset, raw in records:
+        if end is not None and offset >= end:
+            return
         if number == 1:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         if raw.strip():
             yield number, raw
 
 
-def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
+def read_delimited(f, batcher: _Batcher, delimiter: str, start: int = 0, end: int | None = None,
+                   row: int = 1) -> Iterator[pa.Table]:
+    """CSV/TSV records from the one at byte `start` (numbered `row`) to those starting at `end`."""
     header, missing_text = None, False
-    for number, raw in _content(_records(f)):
+    if start:  # the header is the file's first record
+        header = [h.strip() for h in _split(_decode(next(_content(_records(_lines(f))))[1]), delimiter)]
+        missing_text = batcher.columns.text not in header
+        f.seek(start)
+    for number, raw in _content(_records(_lines(f, start), row), end):
         try:
             text = _decode(raw)
             values = _split(text, delimiter)
@@ -236,8 +260,11 @@ def read_delimited(f, batcher: _Batcher, delimiter: str) -> Iterator[pa.Table]:
             yield batcher.flush()
 
 
-def read_jsonl(f, batcher: _Batcher) -> Iterator[pa.Table]:
-    for number, raw in _content(enumerate(_lines(f), start=1)):
+def read_jsonl(f, batcher: _Batcher, start: int = 0, end: int | None = None, row: int = 1) -> Iterator[pa.Table]:
+    """JSONL lines from the one at byte `start` (numbered `row`) to those starting at `end`."""
+    if start:
+        f.seek(start)
+    for number, raw in _content(_line_records(_lines(f, start), row), end):
         try:
             text = _decode(raw)
             record = json.loads(text)
@@ -270,50 +297,140 @@ def read_json_array(f, batcher: _Batcher) -> Iterator[pa.Table]:
             yield batcher.flush()
 
 
-def read_parquet_file(f, batcher: _Batcher) -> Iterator[pa.Table]:
+def read_parquet_file(f, batcher: _Batcher, start: int = 0, end: int | None = None,
+                      row: int = 1) -> Iterator[pa.Table]:
+    """Parquet rows of row groups `start` to `end`, the first numbered `row`."""
     try:
         pf = pq.ParquetFile(f)
         if batcher.columns.text not in pf.schema_arrow.names:
             raise ParseError(f"file has no column {batcher.columns.text!r}")
-        number = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        groups = range(start, pf.num_row_groups if end is None else end)
+        number = row - 1
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups):
             for record in batch.to_pylist():
                 number += 1
                 batcher.add(number, record)
             yield batcher.flush()
     except (ParseError, pa.ArrowInvalid, OSError) as exc:
-        batcher.quarantine(0, "", f"unreadable Parquet file: {exc}")
+        batcher.quarantine(row - 1, "", f"unreadable Parquet file: {exc}")
         yield batcher.flush()
 
 
-class ReviewDatasource(FileBasedDatasource):
-    """Streams review files of any supported format into canonical rows."""
+@dataclass(frozen=True)
+class Piece:
+    """What one read task reads of a file: the records from `start` (a record's byte offset;
+    for Parquet, a row group) up to those that start at `end` (None: the end of the file).
+    `row` numbers its first record (a line number in text files) and `size` is about the
+    bytes it reads."""
 
-    def __init__(self, inputs: Inputs, columns: Columns):
-        super().__init__([f.path for f in inputs.files], filesystem=inputs.filesystem)
-        self._formats = {f.path: f.format for f in inputs.files}
-        self._uris = {f.path: f.uri for f in inputs.files}
-        self._columns = columns
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+    row: int = 1
+    size: int = 0
 
-    def _open_input_source(self, filesystem, path, **open_args):
-        if self._formats.get(path) == "parquet":
-            return filesystem.open_input_file(path)
-        return super()._open_input_source(filesystem, path, **open_args)
 
-    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
-        fmt = self._formats[path]
-        batcher = _Batcher(self._uris[path], self._columns)
-        if fmt in ("csv", "tsv"):
-            yield from read_delimited(f, batcher, "," if fmt == "csv" else "\t")
-        elif fmt == "jsonl":
-            yield from read_jsonl(f, batcher)
-        elif fmt == "json":
+def _line_cuts(f, size: int, total: int) -> list[tuple[int, int]]:
+    """(offset, line number) of the first line starting at or after each multiple of `size`."""
+    cuts, k, base, newlines = [], 1, 0, 0
+    while data := f.read(SCAN_CHUNK):
+        while k * size - 1 < base + len(data):
+            q = data.find(b"\n", max(k * size - 1 - base, 0))
+            if q < 0:
+                break
+            start = base + q + 1
+            if start < total:
+                cuts.append((start, 1 + newlines + data.count(b"\n", 0, q + 1)))
+            k = start // size + 1
+        newlines += data.count(b"\n")
+        base += len(data)
+    return cuts
+
+
+def _record_cuts(f, size: int) -> list[tuple[int, int]]:
+    """(offset, line number) of the first CSV record starting at or after each multiple of `size`."""
+    cuts, target = [], size
+    for number, offset, _ in _records(_lines(f, chunk=SCAN_CHUNK)):
+        if offset >= target:
+            cuts.append((offset, number))
+            target = (offset // size + 1) * size
+    return cuts
+
+
+def _row_group_pieces(pf: pq.ParquetFile, file: InputFile, size: int) -> list[Piece]:
+    """Runs of whole row groups of about `size` bytes each (by their share of the rows)."""
+    meta, pieces, start, row, rows = pf.metadata, [], 0, 1, 0
+    per_row = file.size / max(meta.num_rows, 1)
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows * per_row >= size or g == meta.num_row_groups - 1:
+            pieces.append(Piece(file, start, g + 1, row, int(rows * per_row)))
+            start, row, rows = g + 1, row + rows, 0
+    return pieces
+
+
+def split_file(fs, file: InputFile, size: int) -> list[Piece]:
+    """`file` in equal pieces of at most about `size` bytes, cut at record boundaries (CSV: quote-aware), so
+    that each record is read once, by the piece it starts in, under the same record number
+    as when the file is read whole. Compressed files and JSON arrays are one piece."""
+    whole = [Piece(file, size=file.size)]
+    if file.size <= size or compressed(file.path) or file.format == "json":
+        return whole
+    size = -(-file.size // -(-file.size // size))  # as many pieces as `size` asks for, of equal size
+    with fs.open_input_file(file.path) as f:
+        if file.format == "parquet":
+            try:
+                return _row_group_pieces(pq.ParquetFile(f), file, size)
+            except (pa.ArrowInvalid, OSError):  # its reader quarantines the file
+                return whole
+        cuts = _line_cuts(f, size, file.size) if file.format == "jsonl" else _record_cuts(f, size)
+    starts, ends = [(0, 1)] + cuts, [c[0] for c in cuts] + [file.size]
+    return [Piece(file, start, end if end < file.size else None, row, end - start)
+            for (start, row), end in zip(starts, ends)]
+
+
+def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
+    """Every input file's pieces; the files that need cutting are scanned by Ray tasks, in parallel."""
+    scan = ray.remote(num_cpus=1)(split_file)
+    found = {f: scan.remote(inputs.filesystem, f, size) for f in inputs.files
+             if f.size > size and f.format != "json" and not compressed(f.path)}
+    return [p for f in inputs.files for p in (ray.get(found[f]) if f in found else [Piece(f, size=f.size)])]
+
+
+def read_piece(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
+    """The canonical rows of one piece of a file."""
+    file = piece.file
+    batcher = _Batcher(file.uri, columns)
+    seekable = file.format == "parquet" or not compressed(file.path)
+    where = (piece.start, piece.end, piece.row)
+    with (fs.open_input_file(file.path) if seekable else fs.open_input_stream(file.path, compression="detect")) as f:
+        if file.format in ("csv", "tsv"):
+            yield from read_delimited(f, batcher, "," if file.format == "csv" else "\t", *where)
+        elif file.format == "jsonl":
+            yield from read_jsonl(f, batcher, *where)
+        elif file.format == "json":
             yield from read_json_array(f, batcher)
         else:
-            yield from read_parquet_file(f, batcher)
-            return
-        if len(batcher):
-            yield batcher.flush()
+            yield from read_parquet_file(f, batcher, *where)
+    if len(batcher):
+        yield batcher.flush()
+
+
+class ReviewDatasource(Datasource):
+    """Streams review files of any supported format into canonical rows: a read task per piece."""
+
+    def __init__(self, inputs: Inputs, pieces: list[Piece], columns: Columns):
+        self._fs, self._pieces, self._columns = inputs.filesystem, pieces, columns
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(p.size for p in self._pieces)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        return [ReadTask(partial(read_piece, self._fs, p, self._columns),
+                         BlockMetadata(num_rows=None, size_bytes=p.size, exec_stats=None, input_files=(p.file.path,)),
+                         schema=self._columns.schema, per_task_row_limit=per_task_row_limit)
+                for p in self._pieces]
 
 
 def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
@@ -326,14 +443,14 @@ def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
                 return None
     with fs.open_input_stream(path, compression="detect") as f:
         if fmt in ("csv", "tsv"):
-            for _, raw in _content(_records(f)):
+            for _, raw in _content(_records(_lines(f))):
                 try:
                     header = _split(_decode(raw), "," if fmt == "csv" else "\t")
                 except (ParseError, csv.Error):
                     return None
                 return [h.strip() for h in header]
         elif fmt == "jsonl":
-            for _, raw in _content(enumerate(_lines(f), start=1)):
+            for _, raw in _content(_line_records(_lines(f))):
                 try:
                     record = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
@@ -371,17 +488,18 @@ def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None 
     return inputs
 
 
-def read_reviews(inputs: Inputs, columns: Columns = Columns()) -> ray.data.Dataset:
+def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES) -> ray.data.Dataset:
     """The canonical review dataset: one row per record, quarantined ones included.
 
-    With at least two files per CPU, each file is one read task, which Ray Data fuses with
-    the map steps after it (those without a `batch_size`) into one task per file, with no
-    hand-off through the object store. With fewer, larger files Ray splits what is read so
-    the steps after it run in parallel.
+    Each piece of a file (see `split_file`) is one read task. With at least two pieces per
+    CPU, Ray Data fuses each read with the map steps after it (those without a
+    `batch_size`) into one task, with no hand-off through the object store. With fewer,
+    larger pieces Ray splits what is read so the steps after it run in parallel.
     """
+    pieces = plan_pieces(inputs, split_bytes)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    n = len(inputs.files)
-    return ray.data.read_datasource(ReviewDatasource(inputs, columns), override_num_blocks=n if n >= 2 * cpus else None)
+    return ray.data.read_datasource(ReviewDatasource(inputs, pieces, columns),
+                                    override_num_blocks=len(pieces) if len(pieces) >= 2 * cpus else None)
 
 
 def with_text(batch: pa.Table) -> pa.Table:

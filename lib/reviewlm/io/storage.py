@@ -42,6 +42,11 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if "file" in fs.protocol else fs.unstrip_protocol(path)
 
 
+def compressed(path: str) -> bool:
+    """Whether the file is read through a decompressor (by its extension), so only as a whole."""
+    return path.lower().endswith(_COMPRESSIONS)
+
+
 def infer_format(path: str) -> str | None:
     """csv/tsv/jsonl/json/parquet from the extension, looking through .gz and friends."""
     name = path.lower()

@@ -82,7 +82,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                                batch_size=args.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
                                **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
-                reviews = read_reviews(texts, columns).map_batches(with_text, batch_format="pyarrow")
+                reviews = read_reviews(texts, columns, run.split_bytes).map_batches(with_text, batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
                 actor_args = (name, ref, use_gpu) + ((task,) if task != "mlm" else ())
                 scored = reviews.map_batches(actor, fn_constructor_args=actor_args, batch_size=args.batch_size,

@@ -103,7 +103,7 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
     with out:
         init_ray(run)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        rows, labels = _rows(read_reviews(data_in, columns), args)
+        rows, labels = _rows(read_reviews(data_in, columns, run.split_bytes), args)
         warnings, counts = _quarantine(rows, out, args)
         classes = _classes(rows, labels, args, columns) if labels else None
         datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
