@@ -29,7 +29,10 @@ def _fmt(v, digits=3):
 
 
 def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.DataFrame, extras: dict) -> None:
-    """Write PNGs, report.md and report.html into the output's temporary location."""
+    """Write PNGs, report.md and report.html into the output's temporary location.
+
+    `prompts` are the scored prompts to show (`prompt_index`, `prompt`, by index) and
+    `predictions` theirs: a sample; the counts come from `summary`."""
     md, body, images = ["# reviewlm score report"], ["<h1>reviewlm score report</h1>"], {}
 
     def section(title: str):
@@ -84,8 +87,7 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
                 image(f"confusion_{n}.png", png, f"Confusion matrix of {n}")
     if len(predictions):
         section("Top predictions per prompt")
-        order = prompts[prompts["error"].isna()].drop_duplicates("prompt_index").sort_values("prompt_index")
-        shown = order.head(MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS)
+        shown = prompts.head(MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS)
         preds = predictions[predictions["prompt_index"].isin(shown["prompt_index"])]
         by_prompt = {i: g for i, g in preds.groupby("prompt_index", sort=False)}
         rows = []
@@ -99,8 +101,9 @@ def write_report(out, summary: dict, predictions: pd.DataFrame, prompts: pd.Data
                 rows += [[row.prompt, m, ", ".join(g["token"])] for m, g in first.groupby("model", sort=False)]
         if rows:
             table(["prompt", "model", "top 3"], rows)
-        if len(order) > len(shown):
-            note(f"{len(order) - len(shown):,} more prompts: every prediction is in predictions/.")
+        scored_prompts = max(m.get("prompts_scored", 0) for m in models.values())
+        if scored_prompts > len(shown):
+            note(f"{scored_prompts - len(shown):,} more prompts: every prediction is in predictions/.")
     for pair, entries in summary.get("substitutions", {}).items():
         section(f"Substitutions: {pair}")
         texts = dict(zip(prompts["prompt_index"], prompts["prompt"])) if len(prompts) else {}

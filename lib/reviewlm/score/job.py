@@ -43,11 +43,24 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def _read(out: OutputDir, route: str) -> pd.DataFrame:
+def _read(out: OutputDir, route: str, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+    """The columns (and rows, by a pyarrow filter) of one output the driver needs: no more."""
     path = f"{out.tmp}/{route}"
     if not out.fs.exists(path):
         return pd.DataFrame()
-    return pd.read_parquet(out.tmp_uri(route))
+    return pd.read_parquet(out.tmp_uri(route), columns=columns, filters=filters)
+
+
+def _shown_prompts(out: OutputDir) -> pd.DataFrame:
+    """The first scored prompts by index, as many as the report shows (one row each)."""
+    from reviewlm.report.render import MAX_PROMPT_FIGURES, MAX_PROMPT_ROWS
+
+    index = _read(out, "prompts", ["prompt_index", "error"])
+    if not len(index):
+        return index
+    ids = sorted(set(index.loc[index["error"].isna(), "prompt_index"]))[:MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS]
+    shown = _read(out, "prompts", ["prompt_index", "prompt"], filters=[("prompt_index", "in", ids)])
+    return shown.drop_duplicates("prompt_index").sort_values("prompt_index", ignore_index=True)
 
 
 def score_models(models: dict[str, str], output: str, *, prompts: list[str], corpus: list[str] | None = None,
@@ -89,11 +102,13 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
                                              batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
                                              **per_actor)
                 scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
-        scored_prompts = _read(out, "prompts")
-        summary = _summary(out, models, paths, classes, task, word_sets, scored_prompts)
+        summary = _summary(out, models, paths, classes, task, word_sets)
         from reviewlm.report.render import write_report
 
-        write_report(out, summary, _read(out, "predictions"), scored_prompts, extras)
+        shown = _shown_prompts(out)
+        predictions = _read(out, "predictions", filters=[("prompt_index", "in", shown["prompt_index"].tolist())]
+                            if len(shown) else None)
+        write_report(out, summary, predictions, shown, extras)
         counts = {"models": len(models), "prompts": len(prompts),
                   "reviews": summary.get("corpus_reviews", 0)}
         out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary})
@@ -118,31 +133,37 @@ def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
     return pool, {"num_cpus": 1}, min(pool, cpus - 1)
 
 
-def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict,
-             prompts: pd.DataFrame) -> dict:
+def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict) -> dict:
+    """summary.json, from the columns each figure needs: the driver never holds a whole output."""
     from transformers import AutoTokenizer
 
-    masks = _read(out, "masks")
+    masks = _read(out, "masks", ["model", "prompt_index", "wanted_share", "unwanted_share", "wanted_mass",
+                                 "unwanted_mass", "first_wanted_rank"])
+    prompts = _read(out, "prompts", ["model", "error", "filled_vader"])
     summary = {"task": task, "word_sets": word_sets,
                "models": {name: {"ref": ref, "path": paths[name]} for name, ref in models.items()}}
     if len(masks):
         for name, values in M.prompt_summary(masks, prompts).items():
             summary["models"][name].update(values)
-    invalid = prompts[prompts["error"].notna()] if len(prompts) else prompts
-    summary["invalid_prompts"] = ([] if not len(invalid) else invalid[invalid["model"] == next(iter(models))]
-                                  [["prompt_index", "prompt", "error"]].to_dict("records"))
-    corpus = _read(out, "corpus")
+    invalid = _read(out, "prompts", ["model", "prompt_index", "prompt", "error"],
+                    filters=[("model", "==", next(iter(models))), ("error", "!=", "")]) if len(prompts) else prompts
+    summary["invalid_prompts"] = ([] if not len(invalid) else
+                                  invalid.sort_values("prompt_index")[["prompt_index", "prompt", "error"]]
+                                  .to_dict("records"))
+    corpus = _read(out, "corpus", ["model", "n_masked", "correct_at_1", "correct_at_10", "nll_sum"])
     if len(corpus):
         for name, values in M.corpus_summary(corpus).items():
             summary["models"][name]["corpus"] = values
         summary["corpus_reviews"] = int(corpus.groupby("model").size().max())
-    scored = _read(out, "labels")
+    scored = _read(out, "labels", ["model", "label", "predicted", "nll"])
     if len(scored):
         for name, values in M.labels_summary(scored, classes, stars=task == "stars").items():
             summary["models"][name][task] = values
         summary["corpus_reviews"] = int(scored.groupby("model").size().max())
     names = list(models)
     if len(masks) and len(names) > 1:
+        masks = _read(out, "masks", ["model", "prompt_index", "mask_index", "top_ids", "top_probs"],
+                      filters=[("prompt_index", "<", SUBSTITUTION_PROMPTS)])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
         summary["substitutions"] = {
             f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
