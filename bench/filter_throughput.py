@@ -77,22 +77,38 @@ def vader_pair(corpus: Path) -> float:
         return sum(pool.map(vader_alone, [corpus, corpus]))
 
 
-def peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list) -> None:
+def peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list, tree: bool, every: float) -> None:
+    """Sample the summed RSS of `proc` (and, with `tree`, its descendants) until `stop`; append the peak."""
     peak = 0
     while not stop.is_set():
         total = 0
         try:
-            tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+            root = psutil.Process(proc.pid)
+            processes = [root] + (root.children(recursive=True) if tree else [])
         except psutil.NoSuchProcess:
             break
-        for p in tree:
+        for p in processes:
             try:
                 total += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak = max(peak, total)
-        stop.wait(1.0)
+        stop.wait(every)
     out.append(peak)
+
+
+def run_watched(cmd: list[str], env: dict, tree: bool = True, every: float = 1.0) -> tuple[int, str]:
+    """Run `cmd` to the end; return its peak RSS in bytes (see `peak_rss`) and its stderr. Exits on failure."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stop, peak = threading.Event(), []
+    watcher = threading.Thread(target=peak_rss, args=(proc, stop, peak, tree, every))
+    watcher.start()
+    _, err = proc.communicate()
+    stop.set()
+    watcher.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {err[-3000:]}")
+    return peak[0], err
 
 
 def reviewlm_run(corpus: Path, out: Path, cpus: int, recipe: Path, mode: str = "annotate",
@@ -102,20 +118,12 @@ def reviewlm_run(corpus: Path, out: Path, cpus: int, recipe: Path, mode: str = "
            "--num-cpus", str(cpus), "--mode", mode, "--recipe", str(recipe), *extra]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    stop, peak = threading.Event(), []
-    watcher = threading.Thread(target=peak_rss, args=(proc, stop, peak))
-    watcher.start()
-    _, err = proc.communicate()
-    stop.set()
-    watcher.join()
-    if proc.returncode:
-        raise SystemExit(f"reviewlm failed: {err[-3000:]}")
+    peak, _ = run_watched(cmd, env)
     stats = json.loads((out / "stats.json").read_text())
     job_s = stats["wall_time_s"] - stats["ray_start_s"]
     return {"rows": stats["rows_read"], "job_s": job_s, "job_rows_s": stats["rows_read"] / job_s,
             "ray_start_s": stats["ray_start_s"],
-            "process_s": time.perf_counter() - start, "peak_rss_mb": peak[0] / 2**20,
+            "process_s": time.perf_counter() - start, "peak_rss_mb": peak / 2**20,
             "kept": stats.get("would_keep", stats["kept"])}
 
 

@@ -17,12 +17,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).parent))
+from filter_throughput import run_watched  # noqa: E402
 from score_throughput import make_prompts  # noqa: E402
 
 
@@ -30,27 +28,8 @@ def driver_run(prompts: Path, out: Path, env: dict | None = None) -> tuple[float
     """Run the score CLI; return the driver's peak RSS in MB and summary.json."""
     cmd = [sys.executable, "-m", "reviewlm.cli", "score", "--model", "a=tiny", "--model", "b=tiny",
            "--prompts", str(prompts), "--output", str(out), "--top-k", "10", "--num-cpus", "2", "--overwrite"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})})
-    peak, stop = [0], threading.Event()
-
-    def sample():
-        p = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                peak[0] = max(peak[0], p.memory_info().rss)
-            except psutil.Error:
-                break
-            stop.wait(0.2)
-
-    watcher = threading.Thread(target=sample)
-    watcher.start()
-    _, err = proc.communicate()
-    stop.set()
-    watcher.join()
-    if proc.returncode:
-        raise SystemExit(f"reviewlm score failed: {err[-3000:]}")
-    return peak[0] / 2**20, json.loads((out / "summary.json").read_text())
+    peak, _ = run_watched(cmd, {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}, tree=False, every=0.2)
+    return peak / 2**20, json.loads((out / "summary.json").read_text())
 
 
 def comparable(summary: dict) -> dict:
