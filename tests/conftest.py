@@ -1,6 +1,7 @@
 """Shared fixtures: a moto S3 server on 127.0.0.1 and one local Ray cluster (2 CPUs)."""
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -179,3 +181,32 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+
+def node_processes(marker: str) -> list[psutil.Process]:
+    """What a `ray start` started (GCS, raylet, agents, workers) and is still running: the
+    processes with `marker` in their environment (Ray's Python processes overwrite it with
+    their title), in their command line or among their open files, and their descendants."""
+    found = {}
+    for p in psutil.process_iter():
+        try:
+            env = p.environ().get("REVIEWLM_TEST_NODE", "")
+            if env.startswith(marker) or marker in " ".join(p.cmdline()) or \
+                    any(f.path.startswith(marker) for f in p.open_files()):
+                found.update({q.pid: q for q in [p, *p.children(recursive=True)]})
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def registered(out) -> int:
+    """Checkpoints Ray Train has registered (its manager's snapshot): the ones a restart resumes from.
+
+    One on disk is not enough: the controller registers reports when it polls the workers
+    (every 2 s), and a checkpoint written just before a fault is never registered.
+    """
+    try:
+        snapshot = json.loads((out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return len(snapshot["checkpoint_results"])

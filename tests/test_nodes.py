@@ -8,63 +8,63 @@ import tempfile
 import time
 
 import pandas as pd
-import psutil
 import pytest
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, node_processes, registered
 
 pytestmark = pytest.mark.slow
 
 
-def node_processes(marker: str) -> list[psutil.Process]:
-    """What a `ray start` started (GCS, raylet, agents, workers) and is still running: the
-    processes with `marker` in their environment (Ray's Python processes overwrite it with
-    their title), in their command line or among their open files, and their descendants."""
-    found = {}
-    for p in psutil.process_iter():
-        try:
-            env = p.environ().get("REVIEWLM_TEST_NODE", "")
-            if env.startswith(marker) or marker in " ".join(p.cmdline()) or \
-                    any(f.path.startswith(marker) for f in p.open_files()):
-                found.update({q.pid: q for q in [p, *p.children(recursive=True)]})
-        except psutil.Error:
-            pass
-    return list(found.values())
-
-
-@pytest.fixture
-def two_nodes():
-    """A head with 1 CPU and a second node with 2 CPUs; each node's processes carry a marker
-    in their environment, so the second can be found and both stopped whatever the test does."""
+def start_nodes(cpus: list[int]):
+    """A head and further nodes with these CPUs; each node's processes carry a marker in
+    their environment (`TEMP:node0`, `TEMP:node1`…), so a node can be found and all stopped
+    whatever the test does. Yields the address and the markers."""
     temp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # Ray's socket paths must stay short
     port, env = free_port(), {**os.environ, "RAY_AUTH_MODE": "disabled"}
     start = [str(BIN / "ray"), "start", "--disable-usage-stats"]
-    subprocess.run(start + ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                            f"--temp-dir={temp}"], check=True, env={**env, "REVIEWLM_TEST_NODE": f"{temp}:head"},
-                   capture_output=True)
-    subprocess.run(start + [f"--address=127.0.0.1:{port}", "--num-cpus=2"], check=True,
-                   env={**env, "REVIEWLM_TEST_NODE": f"{temp}:second"}, capture_output=True)
-    yield f"127.0.0.1:{port}", f"{temp}:second"
+    markers = [f"{temp}:node{i}" for i in range(len(cpus))]
+    for i, (n, marker) in enumerate(zip(cpus, markers)):
+        where = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"] if i == 0 \
+            else [f"--address=127.0.0.1:{port}"]
+        subprocess.run(start + where + [f"--num-cpus={n}"], check=True, env={**env, "REVIEWLM_TEST_NODE": marker},
+                       capture_output=True)
+    yield f"127.0.0.1:{port}", markers
     for p in node_processes(temp):
         p.kill()
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def lose_node(node: str, job: subprocess.Popen, running: str, after: float = 0, timeout: float = 300) -> bool:
-    """SIGKILL a node's raylet and everything under it (agents, workers) at once, `after`
-    seconds from when one of them runs a task or actor named `running`; False if the job
-    ended first."""
+@pytest.fixture
+def two_nodes():
+    """A head with 1 CPU and a second node with 2 CPUs."""
+    for address, markers in start_nodes([1, 2]):
+        yield address, markers[1]
+
+
+@pytest.fixture
+def three_nodes():
+    """A head with 1 CPU and two nodes with 2 CPUs each: room for 2 CPU training workers on either."""
+    yield from start_nodes([1, 2, 2])
+
+
+def lose_node(nodes: str | list[str], job: subprocess.Popen, running: str, after: float = 0,
+              ready=lambda: True, timeout: float = 300) -> str | None:
+    """SIGKILL the raylet of the first of `nodes` where a task or actor named `running` runs,
+    and everything under it (agents, workers) at once, `after` seconds from when it is seen
+    there and `ready()`; the node lost, or None if the job ended first."""
     deadline = time.time() + timeout
     while job.poll() is None and time.time() < deadline:
-        [raylet] = [p for p in node_processes(node) if p.name() == "raylet"]
-        if any(running in " ".join(p.cmdline()) for p in raylet.children(recursive=True) if p.is_running()):
-            time.sleep(after)
-            for p in [raylet, *raylet.children(recursive=True)]:
-                p.kill()
-            return True
+        for node in [nodes] if isinstance(nodes, str) else nodes:
+            [raylet] = [p for p in node_processes(node) if p.name() == "raylet"]
+            if ready() and any(running in " ".join(p.cmdline()) for p in raylet.children(recursive=True)
+                               if p.is_running()):
+                time.sleep(after)
+                for p in [raylet, *raylet.children(recursive=True)]:
+                    p.kill()
+                return node
         time.sleep(0.2)
-    return False
+    return None
 
 
 def test_the_filter_job_survives_a_lost_node(two_nodes, tmp_path):
@@ -101,3 +101,26 @@ def test_scoring_survives_a_lost_node(two_nodes, tmp_path):
     predictions = pd.read_parquet(tmp_path / "out" / "predictions", columns=["prompt_index", "rank"])
     assert sorted(masks["prompt_index"]) == list(range(n))  # every prompt scored once
     assert len(predictions) == 3 * n and not predictions.duplicated().any()
+
+
+def test_streaming_training_survives_a_lost_node(three_nodes, tmp_path):
+    """The node the workers train on is lost once a checkpoint is registered: training goes
+    on on another node from that checkpoint (storage both see), reading its data anew."""
+    address, markers = three_nodes
+    write_synth(str(tmp_path / "in"), 3000, seed=5, shards=4)
+    out, epochs = tmp_path / "out", 6
+    job = subprocess.Popen([str(BIN / "reviewlm"), "train", "--data", str(tmp_path / "in"), "--output", str(out),
+                            "--model", "tiny", "--epochs", str(epochs), "--batch-size", "16", "--lr", "1e-3",
+                            "--chunk-size", "32", "--streaming", "on", "--address", address],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
+    lost = lose_node(markers[1:], job, "RayTrainWorker", ready=lambda: registered(out) >= 1)
+    _, err = job.communicate(timeout=600)
+    assert lost, "training ended before its node could be lost"
+    assert job.returncode == 0, err[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    [restart] = metrics["restarts"]
+    steps = metrics["epochs"][0]["step"]
+    assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, epochs + 1))  # not started over
+    assert metrics["epochs"][-1]["step"] == epochs * steps and (out / "_SUCCESS").exists()

@@ -151,6 +151,31 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_prompt_files_on_s3_are_read_by_ray_data_and_numbered_across_files(s3, ray_cluster, tiny, tmp_path):
+    """Two files of a directory on S3 (read by Ray Data, a task each), then the templates:
+    every prompt scored once, numbered in file order, comments and blank lines skipped."""
+    from reviewlm.score.prompts import gather_prompts
+
+    s3.pipe("reviews/prompts/a.txt", b"# brand prompts\nNike shoes are very [MASK].\n\nno mask here\n")
+    s3.pipe("reviews/prompts/b.txt", "Adidas socks are [MASK].\r\nPuma caps are [MASK] and [MASK].\r\n".encode())
+    (tmp_path / "t.yaml").write_text("templates: ['{brand} {product} feel [MASK].']\nbrands: [Nike]\n"
+                                     "products: [hats, gloves]\n")
+    prompts = gather_prompts(["s3://reviews/prompts/"], str(tmp_path / "t.yaml"), corpus=False)
+    assert len(prompts) == 6 and [f.count for f in prompts.files] == [2, 2]
+    out = tmp_path / "out"
+    summary = score_models({"tiny": "tiny"}, str(out), prompts=prompts, word_sets=WORDS,
+                           args=ScoreArgs(top_k=3, num_actors=1, batch_size=2))
+    scored = pd.read_parquet(out / "prompts").sort_values("prompt_index")
+    assert scored["prompt"].tolist() == ["Nike shoes are very [MASK].", "no mask here", "Adidas socks are [MASK].",
+                                         "Puma caps are [MASK] and [MASK].", "Nike hats feel [MASK].",
+                                         "Nike gloves feel [MASK]."]
+    assert scored["prompt_index"].tolist() == list(range(6))
+    assert summary["models"]["tiny"]["prompts_scored"] == 5
+    assert summary["invalid_prompts"] == [{"prompt_index": 1, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
+    assert len(pd.read_parquet(out / "masks")) == 6  # one for each mask of the five valid prompts (two in one)
+
+
+@pytest.mark.slow
 def test_star_model_scores_reviews(ray_cluster, tiny, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

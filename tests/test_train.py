@@ -12,11 +12,11 @@ import torch
 from reviewlm.metrics import confusion_matrix, star_metrics
 from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
-from reviewlm.train.data import mask_eval_blocks, split_bucket, tokenize_and_chunk
+from reviewlm.train.data import mask_eval_blocks, split_bucket, split_rows, tally, tokenize_and_chunk, training_rows
 from reviewlm.train.job import TrainArgs, train_model
 from reviewlm.train.loop import MLMCollate
 
-from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, run_cli
+from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, registered, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,25 @@ def test_the_head_only_at_masked_positions_gives_the_full_models_loss_and_gradie
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_streamed_splits_and_counts_are_the_materialized_ones(corpus, tok):
+    """What streaming computes per batch: each split's rows, and the tokens the chunker cuts."""
+    import pyarrow as pa
+
+    rows = pd.concat(pd.read_json(f, lines=True, dtype={"id": str}) for f in Path(corpus).glob("*.jsonl"))
+    batch = training_rows(pa.table({"id": rows["id"], "text": rows["text"], "source": ["s"] * len(rows),
+                                    "_row": range(len(rows)), "_raw": [None] * len(rows),
+                                    "_error": pa.nulls(len(rows), pa.string())}), "mlm")
+    bounds = [("eval", 0.0, 0.1), ("train", 0.1, 1.0)]
+    u = split_bucket(rows["id"].tolist(), 42)
+    counts = tally(batch, bounds, 42, tok).to_pylist()[0]
+    for name, lo, hi in bounds:
+        kept = split_rows(batch, name, bounds, 42)
+        assert kept["id"].to_pylist() == rows["id"][(u >= lo) & (u < hi)].tolist() and counts[name] == len(kept)
+    texts = split_rows(batch, "train", bounds, 42)["text"].to_numpy(zero_copy_only=False)
+    assert counts["train_tokens"] // 32 == len(tokenize_and_chunk({"text": texts}, tok, 32)["input_ids"])
+    assert counts["read"] == len(rows) and counts["quarantined"] == 0
+
+
 def test_star_metrics_by_hand():
     m = star_metrics(confusion_matrix([0, 2, 4, 4, 3], [0, 1, 4, 2, 3]))
     assert m["accuracy"] == 0.6 and m["within_one_accuracy"] == 0.8 and m["n"] == 5
@@ -200,20 +219,26 @@ def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
     assert len(set(losses)) == 3  # and the epochs differ from each other
 
 
+@pytest.mark.slow
+def test_streaming_trains_every_block_each_epoch_and_reports_true_eval_losses(mlm_run, corpus, tok, tmp_path):
+    """`--streaming on`: the train blocks are tokenized while the workers train; eval/ holds
+    the eval rows' blocks, and the reported losses are recomputed from it outside Ray."""
+    materialized, out = mlm_run[1], tmp_path / "stream"
+    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "streaming": "on"}))
+    assert metrics["streaming"] and not materialized["streaming"]
+    assert {k: metrics["rows"][k] for k in ("read", "train", "eval")} == \
+        {k: materialized["rows"][k] for k in ("read", "train", "eval")}
+    assert abs(metrics["rows"]["train_blocks"] - materialized["rows"]["train_blocks"]) <= 5  # counted from tokens
+    steps = metrics["epochs"][0]["step"]  # each epoch reads every train block once, in equal shares
+    assert abs(steps - materialized["epochs"][0]["step"]) <= 1
+    assert [e["step"] for e in metrics["epochs"]] == [steps, 2 * steps, 3 * steps]
+    assert metrics["epochs"][-1]["perplexity"] < metrics["perplexity_before"]
+    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
+    before = independent_eval_loss(out, corpus, 0.1, tok, model_dir=resolve_model("tiny"))
+    assert before == pytest.approx(metrics["eval_loss_before"], rel=0.02)
+
+
 FAULT_EPOCHS = 8  # the faults strike once a checkpoint is registered: epochs remain to catch a worker in
-
-
-def registered(out) -> int:
-    """Checkpoints Ray Train has registered (its manager's snapshot): the ones a restart resumes from.
-
-    One on disk is not enough: the controller registers reports when it polls the workers
-    (every 2 s), and a checkpoint written just before a fault is never registered.
-    """
-    try:
-        snapshot = json.loads((out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return len(snapshot["checkpoint_results"])
 
 
 @pytest.mark.slow
@@ -284,6 +309,7 @@ def test_star_classifier_with_the_defaults_learns_from_1000_reviews(ray_cluster,
     (["--model", "no-such-org/no-such-model-xyz"], "cannot load model"),
     (["--model", "./missing-model-dir"], "does not exist"),
     (["--eval-fraction", "1.5"], "--eval-fraction must be between 0 and 1"),
+    (["--task", "stars", "--streaming", "on"], "--streaming is for the mlm task"),
     (["--data", "s3://no-such-bucket/reviews/"], "no-such-bucket"),
 ])
 def test_bad_training_input_exits_2(s3, corpus, tmp_path, argv, message):

@@ -37,7 +37,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="filter recipe (default: the reference selection)")
     _columns(p, "text")
     add_options(p, TrainArgs, only=("model", "epochs", "max_steps", "batch_size", "lr", "chunk_size",
-                                    "num_workers", "use_gpu", "precision"), keep_defaults=False)
+                                    "num_workers", "use_gpu", "precision", "streaming"), keep_defaults=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="NAME=REF",
                    help="a model to score, repeatable: hub id, local or s3:// directory, starter, tiny")
     p.add_argument("--output", required=True, help="output directory, local or s3://")
-    p.add_argument("--prompts", help="file with one prompt per line, each with one or more [MASK]")
+    p.add_argument("--prompts", nargs="+", metavar="URI", help="files or directories (local or s3://) of prompts, "
+                   "one per line, each with one or more [MASK]; read by Ray Data, a task per file")
     p.add_argument("--templates", help="prompt templates over {brand} and {product} (text or YAML)")
     p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out texts to mask and score, or to classify")
     _columns(p, "text", "text_pair", "label", "id", "rating")

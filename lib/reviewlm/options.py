@@ -88,6 +88,8 @@ class RunOptions:
         return max(1, int(self.split_mb * (1 << 20)))
 
 
+STREAM_EVAL_BLOCKS = 10_000  # streaming: the eval set, materialized, is at most this many blocks by default
+
 # Measured on 1,000 reviews, 2 epochs, batch 16 x 2 workers (bench/RESULTS.md): a classifier
 # at 5e-5 stays at the majority class; at 2e-4 it learns.
 DEFAULT_LR = {"mlm": 5e-5, "stars": 2e-4, "classify": 2e-4}
@@ -113,7 +115,12 @@ class TrainArgs:
     mlm_probability: float = option(0.15, help="mlm: token masking probability (with --whole-word-mask 0)")
     whole_word_mask: float = option(0.2, help="mlm: whole-word masking probability; 0: single tokens")
     eval_fraction: float = option(0.1, help="mlm: held-out fraction")
-    max_eval_samples: int | None = option(None, help="evaluate on at most this many blocks or texts")
+    max_eval_samples: int | None = option(None, help="evaluate on at most this many blocks or texts (streaming: "
+                                                     f"{STREAM_EVAL_BLOCKS:,} blocks unless given)")
+    streaming: Literal["auto", "on", "off"] = option(
+        "auto", help="mlm: tokenize while the workers train, the corpus never held in the object store; off: "
+                     "materialize it (the same losses every run); auto: stream when the input is over 1/8 of "
+                     "the object store")
     num_workers: int = option(2, help="Ray Train workers")
     use_gpu: bool = option(False, help="one GPU per worker")
     precision: Literal["fp32", "fp16", "bf16"] = option("fp32", help="AMP on GPU")
@@ -128,10 +135,14 @@ class TrainArgs:
     max_failures: int = option(2, help="worker failures to recover from (from the last checkpoint)")
 
     def __post_init__(self):
-        choices = {"task": TASKS, "class_weights": ("none", "balanced"), "precision": ("fp32", "fp16", "bf16")}
+        choices = {"task": TASKS, "class_weights": ("none", "balanced"), "precision": ("fp32", "fp16", "bf16"),
+                   "streaming": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{{o}} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}", o=name)
+        if self.streaming == "on" and self.task != "mlm":
+            raise UsageError("{o} is for the mlm task: a classifier's split is stratified over all its rows",
+                             o="streaming")
         if self.labels is not None and (self.task != "classify" or len(set(self.labels)) != len(self.labels)):
             raise UsageError("{o} is for the classify task: distinct class names, in class id order", o="labels")
         if not 0 < self.eval_fraction < 1:

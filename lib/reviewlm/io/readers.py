@@ -420,17 +420,17 @@ class ReviewDatasource(Datasource):
     """Streams review files of any supported format into canonical rows: a read task per piece."""
 
     def __init__(self, inputs: Inputs, pieces: list[Piece], columns: Columns):
-        self._fs, self._pieces, self._columns = inputs.filesystem, pieces, columns
+        self._fs, self.pieces, self._columns = inputs.filesystem, pieces, columns
 
     def estimate_inmemory_data_size(self) -> int:
-        return sum(p.size for p in self._pieces)
+        return sum(p.size for p in self.pieces)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         return [ReadTask(partial(read_piece, self._fs, p, self._columns),
                          BlockMetadata(num_rows=None, size_bytes=p.size, exec_stats=None, input_files=(p.file.path,)),
                          schema=self._columns.schema, per_task_row_limit=per_task_row_limit)
-                for p in self._pieces]
+                for p in self.pieces]
 
 
 def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
@@ -489,17 +489,22 @@ def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None 
 
 
 def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES) -> ray.data.Dataset:
-    """The canonical review dataset: one row per record, quarantined ones included.
+    """The canonical review dataset: one row per record, quarantined ones included."""
+    return read_source(ReviewDatasource(inputs, plan_pieces(inputs, split_bytes), columns))
+
+
+def read_source(source: ReviewDatasource, num_cpus: float | None = None) -> ray.data.Dataset:
+    """A dataset of `source`'s pieces, read again on every pass (`num_cpus` per read task).
 
     Each piece of a file (see `split_file`) is one read task. With at least two pieces per
     CPU, Ray Data fuses each read with the map steps after it (those without a
     `batch_size`) into one task, with no hand-off through the object store. With fewer,
     larger pieces Ray splits what is read so the steps after it run in parallel.
     """
-    pieces = plan_pieces(inputs, split_bytes)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return ray.data.read_datasource(ReviewDatasource(inputs, pieces, columns),
-                                    override_num_blocks=len(pieces) if len(pieces) >= 2 * cpus else None)
+    pieces = len(source.pieces)
+    return ray.data.read_datasource(source, num_cpus=num_cpus,
+                                    override_num_blocks=pieces if pieces >= 2 * cpus else None)
 
 
 def with_text(batch: pa.Table) -> pa.Table:

@@ -7,6 +7,7 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -74,28 +75,40 @@ class Inputs:
     files: tuple[InputFile, ...]
 
 
+def on_one_filesystem(uris: list[str], what: str) -> Iterator[tuple[str, fsspec.AbstractFileSystem, str]]:
+    """Each URI with its filesystem and path; a UsageError when `what` (named so) are on two."""
+    first = None
+    for uri in uris:
+        fs, path = filesystem(uri)
+        if first is not None and type(fs) is not type(first):
+            raise UsageError(f"{what} must all be local or all on one object store: {uri}")
+        first = fs
+        yield uri, fs, path
+
+
+def files_under(fs: fsspec.AbstractFileSystem, path: str) -> list[str] | None:
+    """The files a path names: itself, a glob's, or a directory's (but `_` and `.` ones); None if none is there."""
+    if any(ch in path for ch in "*?["):
+        return [p for p in fs.glob(path) if fs.isfile(p)]
+    if fs.isdir(path):
+        return [p for p in fs.find(path) if not posixpath.basename(p).startswith(("_", "."))]
+    return [path] if fs.isfile(path) else None
+
+
 def expand_inputs(inputs: list[str], fmt: str | None = None) -> Inputs:
     """Expand files, directories, globs and s3:// URIs into the readable files.
 
     Raises UsageError for a missing path or bucket, an unknown format, inputs on two
     filesystems, or no files at all.
     """
-    files, the_fs = [], None
-    for item in inputs:
-        fs, path = filesystem(item)
-        if the_fs is not None and type(fs) is not type(the_fs):
-            raise UsageError(f"inputs must all be local or all on one object store: {item}")
-        the_fs = fs
+    files, fs = [], None
+    for item, fs, path in on_one_filesystem(inputs, "inputs"):
         try:
-            if any(ch in path for ch in "*?["):
-                found = [p for p in fs.glob(path) if fs.isfile(p)]
-            elif fs.isdir(path):
-                found = [p for p in fs.find(path) if not posixpath.basename(p).startswith(("_", "."))]
-                found = [p for p in found if fmt or infer_format(p)]
-            elif fs.isfile(path):
-                found = [path]
-            else:
+            found = files_under(fs, path)
+            if found is None:
                 raise UsageError(f"input not found: {item}")
+            if fs.isdir(path):
+                found = [p for p in found if fmt or infer_format(p)]
         except OSError as exc:
             raise UsageError(f"cannot read input {item}: {storage_error(exc)}") from None
         if not found:
@@ -109,7 +122,7 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> Inputs:
         raise UsageError("no input files given")
     if all(f.size == 0 for f in files):
         raise UsageError(f"input is empty: {', '.join(f.uri for f in files[:3])}")
-    return Inputs(arrow_filesystem(the_fs), tuple(files))
+    return Inputs(arrow_filesystem(fs), tuple(files))
 
 
 def fingerprints(inputs: Inputs | None) -> list[dict]:

@@ -18,6 +18,7 @@ from reviewlm.options import RunOptions, ScoreArgs
 from reviewlm.runtime import init_ray
 from reviewlm.score import metrics as M
 from reviewlm.score import scorer as S
+from reviewlm.score.prompts import Prompts
 
 SUBSTITUTION_PROMPTS = 20
 
@@ -63,11 +64,13 @@ def _shown_prompts(out: OutputDir) -> pd.DataFrame:
     return shown.drop_duplicates("prompt_index").sort_values("prompt_index", ignore_index=True)
 
 
-def score_models(models: dict[str, str], output: str, *, prompts: list[str], corpus: list[str] | None = None,
+def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list[str],
+                 corpus: list[str] | None = None,
                  columns: Columns = Columns(), word_sets: dict, args: ScoreArgs = ScoreArgs(),
                  run: RunOptions = RunOptions()) -> dict:
     """Score every model on the prompts (and the corpus); write predictions, summary, report."""
     task, use_gpu = args.task, args.use_gpu
+    prompts = prompts if isinstance(prompts, Prompts) else Prompts(items=tuple(prompts))
     if not models:
         raise UsageError("give at least one {o} NAME=REF", o="model")
     if task != "mlm" and not corpus:
@@ -88,12 +91,12 @@ def score_models(models: dict[str, str], output: str, *, prompts: list[str], cor
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
                   "corpus": S.CORPUS, "labels": S.LABELS}
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
-            if task == "mlm" and prompts:
-                ds = ray.data.from_items([{"prompt": p, "prompt_index": i} for i, p in enumerate(prompts)])
-                ds.map_batches(S.MaskScorer, fn_constructor_args=(name, ref, use_gpu, args.top_k, word_sets,
-                                                                  SUBSTITUTION_PROMPTS),
-                               batch_size=args.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=pool),
-                               **per_actor).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
+            if task == "mlm" and len(prompts):
+                scorer_args = (name, ref, use_gpu, args.top_k, word_sets, SUBSTITUTION_PROMPTS)
+                prompts.dataset().map_batches(
+                    S.MaskScorer, fn_constructor_args=scorer_args, batch_size=args.batch_size, batch_format="numpy",
+                    compute=ActorPoolStrategy(size=pool), **per_actor,
+                ).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(texts, columns, run.split_bytes).map_batches(with_text, batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer

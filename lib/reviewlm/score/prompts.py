@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 
+import pyarrow as pa
+import ray
 import yaml
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from reviewlm import words as wordlists
 from reviewlm.errors import UsageError
-from reviewlm.io.storage import filesystem
+from reviewlm.io.storage import files_under, filesystem, full_uri, on_one_filesystem
 
 MASK = "[MASK]"
 REFERENCE_PROMPTS = [
@@ -29,13 +36,105 @@ def _read_text(uri: str, what: str) -> str:
         raise UsageError(f"cannot read {what} {uri}: {exc}") from None
 
 
-def read_prompts(uri: str) -> list[str]:
+def _prompt_lines(lines: Iterable[str]) -> Iterator[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
-    lines = [line.rstrip("\r") for line in _read_text(uri, "prompts").split("\n")]
-    prompts = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for line in lines:
+        line = line.rstrip("\n").rstrip("\r")
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line
+
+
+def read_prompts(uri: str) -> list[str]:
+    """The lines of a small text file (templates) that hold a prompt."""
+    prompts = list(_prompt_lines(_read_text(uri, "prompts").split("\n")))
     if not prompts:
         raise UsageError(f"prompts file {uri} has no prompts")
     return prompts
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """A prompts file: where it is, and the numbers of its prompts (`first` .. `first + count - 1`)."""
+
+    path: str
+    uri: str
+    first: int
+    count: int
+
+
+PROMPT_SCHEMA = pa.schema([("prompt", pa.string()), ("prompt_index", pa.int64())])
+
+
+def _read_prompt_file(fs, file: PromptFile, rows: int = 10_000) -> Iterator[pa.Table]:
+    index = file.first
+    with fs.open(file.path, "rb") as fh:
+        lines = _prompt_lines(raw.decode("utf-8") for raw in fh)
+        while batch := list(itertools.islice(lines, rows)):
+            yield pa.table([batch, range(index, index + len(batch))], schema=PROMPT_SCHEMA)
+            index += len(batch)
+
+
+class PromptDatasource(Datasource):
+    """Prompt files, a read task each: rows of `prompt` and its `prompt_index`."""
+
+    def __init__(self, fs, files: tuple[PromptFile, ...]):
+        self._fs, self._files = fs, files
+
+    def estimate_inmemory_data_size(self) -> None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        return [ReadTask(partial(_read_prompt_file, self._fs, f),
+                         BlockMetadata(num_rows=f.count, size_bytes=None, exec_stats=None, input_files=(f.path,)),
+                         schema=PROMPT_SCHEMA, per_task_row_limit=per_task_row_limit)
+                for f in self._files]
+
+
+def prompt_files(uris: list[str]) -> tuple[object, tuple[PromptFile, ...]]:
+    """The prompt files of `uris` (files or directories, local or s3://) and their filesystem,
+    numbered across files in order; one streaming pass counts each file's prompts."""
+    files, first, fs = [], 0, None
+    for uri, fs, path in on_one_filesystem(uris, "prompt files"):
+        try:
+            paths = files_under(fs, path)
+            if paths is None:
+                raise UsageError(f"cannot read prompts {uri}: no such file or directory")
+            for p in sorted(paths):
+                with fs.open(p, "rb") as fh:
+                    count = sum(1 for _ in _prompt_lines(raw.decode("utf-8") for raw in fh))
+                files.append(PromptFile(p, full_uri(fs, p), first, count))
+                first += count
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read prompts {uri}: {exc}") from None
+    if not first:
+        raise UsageError(f"prompts file {' '.join(uris)} has no prompts")
+    return fs, tuple(files)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A score run's prompts, numbered from 0: the files' (read by Ray Data, a task per file),
+    then `items` (templates and reference prompts, made in the driver)."""
+
+    files: tuple[PromptFile, ...] = ()
+    items: tuple[str, ...] = ()
+    fs: object = None
+
+    def __len__(self) -> int:
+        return sum(f.count for f in self.files) + len(self.items)
+
+    def dataset(self) -> ray.data.Dataset:
+        """Rows of `prompt` and `prompt_index`."""
+        first = sum(f.count for f in self.files)
+        # reading text is light: zero-CPU tasks never wait for the CPUs the scoring actors hold
+        # (a read lost with its node is redone while they run)
+        reads = {"num_cpus": 0, "concurrency": max(1, int(ray.cluster_resources().get("CPU", 1)))}
+        parts = [ray.data.read_datasource(PromptDatasource(self.fs, self.files), **reads)] if self.files else []
+        if self.items:
+            parts.append(ray.data.from_arrow(pa.table([list(self.items), range(first, first + len(self.items))],
+                                                      schema=PROMPT_SCHEMA)))
+        return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def expand_templates(uri: str) -> list[str]:
@@ -62,12 +161,13 @@ def expand_templates(uri: str) -> list[str]:
     return out
 
 
-def gather_prompts(prompts: str | None, templates: str | None, corpus: bool) -> list[str]:
-    """The prompts of a score run: file and templates, else the five reference prompts."""
-    out = (read_prompts(prompts) if prompts else []) + (expand_templates(templates) if templates else [])
-    if not out and not corpus:
-        out = list(REFERENCE_PROMPTS)
-    return out
+def gather_prompts(prompts: list[str] | None, templates: str | None, corpus: bool) -> Prompts:
+    """The prompts of a score run: files and templates, else the five reference prompts."""
+    fs, files = prompt_files(prompts) if prompts else (None, ())
+    items = expand_templates(templates) if templates else []
+    if not files and not items and not corpus:
+        items = list(REFERENCE_PROMPTS)
+    return Prompts(files, tuple(items), fs)
 
 
 def load_word_sets(uri: str | None) -> dict[str, list[str]]:

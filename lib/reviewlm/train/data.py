@@ -22,6 +22,8 @@ def split_bucket(ids: list[str], seed: int) -> np.ndarray:
                      for i in ids])
 
 
+DATA_CPUS = 0.25  # streaming: CPU of each read or tokenize task; each CPU worker leaves this much of its own
+STREAM_BLOCK_BYTES = 4 << 20  # streaming: blocks of at most this size (Ray's default, 128 MB, spills a small store)
 QUARANTINE = {"id": "id", "source": "source", "_row": "row", "_raw": "raw", "_error": "error"}
 
 
@@ -71,6 +73,26 @@ def with_split(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: in
     for name, lo, hi in bounds:
         names[(u >= lo) & (u < hi)] = name
     return batch.append_column("split", pa.array(names.astype(str)))
+
+
+def split_rows(batch: pa.Table, name: str, bounds: list[tuple[str, float, float]], seed: int) -> pa.Table:
+    """The usable rows of one split: streaming, each split reads the rows again and keeps its own."""
+    usable = with_split(batch.filter(pc.is_null(batch["_error"])), bounds, seed)
+    return usable.filter(pc.equal(usable["split"], name))
+
+
+def tally(batch: pa.Table, bounds: list[tuple[str, float, float]], seed: int, tokenizer=None) -> pa.Table:
+    """One row of counts for a batch of training rows: read, quarantined, rows per split and,
+    with a tokenizer, the train split's tokens (as `tokenize_and_chunk` counts them)."""
+    usable = with_split(batch.filter(pc.is_null(batch["_error"])), bounds, seed)
+    counts = {"read": [batch.num_rows], "quarantined": [batch.num_rows - usable.num_rows]}
+    for name, _, _ in bounds:
+        part = usable.filter(pc.equal(usable["split"], name))
+        counts[name] = [part.num_rows]
+        if tokenizer is not None and name == "train":
+            enc = tokenizer(part["text"].to_pylist(), truncation=False, verbose=False)["input_ids"]
+            counts[f"{name}_tokens"] = [sum(len(x) for x in enc)]
+    return pa.table(counts)
 
 
 def stratify(group: pa.Table, bounds: list[tuple[str, float, float]], seed: int) -> pa.Table:
@@ -149,8 +171,8 @@ def split_datasets(rows: ray.data.Dataset, bounds: list[tuple[str, float, float]
     return {name: rows.filter(expr=col("split") == name) for name, _, _ in bounds}
 
 
-def require_rows(datasets: dict[str, ray.data.Dataset]) -> dict[str, int]:
-    counts = {name: d.count() for name, d in datasets.items()}
+def require_rows(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` (rows per split) when no split is empty."""
     empty = [name for name, n in counts.items() if n == 0]
     if empty:
         raise UsageError(f"the {', '.join(empty)} split is empty after splitting {counts}: "
@@ -167,14 +189,21 @@ class FixedShards(DataConfig):
     runs Ray tasks, which would wait forever for the CPUs the workers hold. Training shards
     are equal (DDP steps in lockstep); evaluation shards keep every row. No locality hints:
     on a cluster, a worker may read its shard from another node.
+
+    The datasets named in `stream` are not materialized: Ray Train's `streaming_split`
+    (equal rows per worker, locality hints) runs them while the workers train.
     """
 
-    def __init__(self, datasets: dict[str, ray.data.Dataset], world_size: int):
-        super().__init__()
-        self.shards = {name: ds.split(world_size, equal=name == "train") for name, ds in datasets.items()}
+    def __init__(self, datasets: dict[str, ray.data.Dataset], world_size: int, stream: tuple[str, ...] = ()):
+        super().__init__(datasets_to_split=list(stream))
+        self.shards = {name: ds.split(world_size, equal=name == "train") for name, ds in datasets.items()
+                       if name not in stream}
         for parts in self.shards.values():
             for part in parts:  # reading a materialized shard: no progress bar per epoch in the log
                 part.context.enable_progress_bars = False
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        return [{name: self.shards[name][rank].iterator() for name in datasets} for rank in range(world_size)]
+        streamed = {name: ds for name, ds in datasets.items() if name not in self.shards}
+        shards = super().configure(streamed, world_size, worker_handles, worker_node_ids, **kwargs)
+        return [{**shards[rank], **{name: self.shards[name][rank].iterator() for name in self.shards}}
+                for rank in range(world_size)]

@@ -16,22 +16,29 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from reviewlm.errors import UsageError
-from reviewlm.io.readers import Columns, check_inputs, read_reviews
-from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints
+from reviewlm.io.readers import Columns, ReviewDatasource, check_inputs, plan_pieces, read_reviews, read_source
+from reviewlm.io.storage import OutputDir, arrow_filesystem, compressed, filesystem, fingerprints
 from reviewlm.metrics import STARS, classification_metrics, confusion_matrix, imbalance, star_metrics
 from reviewlm.models import portable_ref, resolve_model
-from reviewlm.options import RunOptions, TrainArgs
+from reviewlm.options import STREAM_EVAL_BLOCKS, RunOptions, TrainArgs
 from reviewlm.runtime import init_ray
 from reviewlm.train import data
 from reviewlm.train.loop import STATE, LoopConfig, train_func
 
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
+MATERIALIZED = 8  # --streaming auto: the object store a materialized corpus needs, in input bytes
+COMPRESSION = 5  # --streaming auto: a compressed file's bytes, counted this many times
+
+
+def _prepared(ds: ray.data.Dataset, args: TrainArgs, num_cpus: float | None = None) -> ray.data.Dataset:
+    """The rows training reads, each usable or with its reason in `_error` (lazy)."""
+    return ds.map_batches(data.training_rows, fn_kwargs={"task": args.task}, batch_format="pyarrow", num_cpus=num_cpus)
 
 
 def _rows(ds: ray.data.Dataset, args: TrainArgs) -> tuple[ray.data.Dataset, list[str] | None]:
-    """The rows training reads, each usable or with its reason (materialized), and the classes."""
+    """The rows training reads (materialized, in input order) and the classes."""
     ds.context.execution_options.preserve_order = True  # the same blocks in the same order every run
-    rows = ds.map_batches(data.training_rows, fn_kwargs={"task": args.task}, batch_format="pyarrow").materialize()
+    rows = _prepared(ds, args).materialize()
     if args.task == "mlm":
         return rows, None
     labels = list(STARS) if args.task == "stars" else data.label_set(rows, args.labels)
@@ -52,36 +59,100 @@ def _classes(rows: ray.data.Dataset, labels: list[str], args: TrainArgs, columns
     return counts
 
 
+def _bounds(args: TrainArgs) -> list[tuple[str, float, float]]:
+    if args.task == "mlm":
+        return [("eval", 0.0, args.eval_fraction), ("train", args.eval_fraction, 1.0)]
+    return [("train", 0.0, 0.64), ("eval", 0.64, 0.80), ("test", 0.80, 1.0)]  # within every class
+
+
+def _mlm_blocks(split: ray.data.Dataset, args: TrainArgs, tokenizer, num_cpus: float | None = None):
+    return split.map_batches(data.tokenize_and_chunk, fn_kwargs={"tokenizer": tokenizer, "chunk_size": args.chunk_size},
+                             batch_format="numpy", batch_size=256, num_cpus=num_cpus)
+
+
+def _eval_blocks(split: ray.data.Dataset, args: TrainArgs, tokenizer, limit: int | None) -> ray.data.Dataset:
+    """The eval split's blocks with their masks fixed, at most `limit` (materialized)."""
+    mask = {"tokenizer": tokenizer, "probability": args.mask_probability, "whole_word": args.whole_word,
+            "seed": args.seed}
+    blocks = _mlm_blocks(split, args, tokenizer).map_batches(data.mask_eval_blocks, fn_kwargs=mask,
+                                                             batch_format="numpy", batch_size=256)
+    return (blocks.limit(limit) if limit else blocks).materialize()
+
+
+def _no_blocks(counts: dict, args: TrainArgs) -> None:
+    short = [k for k in ("train", "eval") if counts.get(f"{k}_blocks") == 0]
+    if short:
+        raise UsageError(f"the {' and '.join(short)} text makes no block of {{o}} {args.chunk_size} tokens: "
+                         "give more data or a smaller {o}", o="chunk_size")
+
+
 def _datasets(rows: ray.data.Dataset, args: TrainArgs, tokenizer, labels: list[str] | None):
     """Training datasets (tokenized, materialized), the raw splits, and the row counts per split."""
+    splits = data.split_datasets(rows, _bounds(args), args.seed, stratified=args.task != "mlm")
+    counts = data.require_rows({name: d.count() for name, d in splits.items()})
     if args.task == "mlm":
-        bounds = [("eval", 0.0, args.eval_fraction), ("train", args.eval_fraction, 1.0)]
-    else:  # 64/16/20 within every class
-        bounds = [("train", 0.0, 0.64), ("eval", 0.64, 0.80), ("test", 0.80, 1.0)]
-    splits = data.split_datasets(rows, bounds, args.seed, stratified=args.task != "mlm")
-    counts = data.require_rows(splits)
-    if args.task == "mlm":
-        chunk = {"tokenizer": tokenizer, "chunk_size": args.chunk_size}
-        mask = {"tokenizer": tokenizer, "probability": args.mask_probability, "whole_word": args.whole_word,
-                "seed": args.seed}
-        tokenized = {k: v.map_batches(data.tokenize_and_chunk, fn_kwargs=chunk, batch_format="numpy", batch_size=256)
-                     for k, v in splits.items()}
-        tokenized["eval"] = tokenized["eval"].map_batches(data.mask_eval_blocks, fn_kwargs=mask,
-                                                          batch_format="numpy", batch_size=256)
+        tokenized = {"train": _mlm_blocks(splits["train"], args, tokenizer).materialize(),
+                     "eval": _eval_blocks(splits["eval"], args, tokenizer, args.max_eval_samples)}
     else:
         encode = {"tokenizer": tokenizer, "max_length": args.max_length,
                   "label2id": {label: i for i, label in enumerate(labels)}}
         tokenized = {k: v.map_batches(data.tokenize_reviews, fn_kwargs=encode, batch_format="numpy", batch_size=256)
                      for k, v in splits.items() if k != "test"}
-    if args.max_eval_samples:
-        tokenized["eval"] = tokenized["eval"].limit(args.max_eval_samples)
-    tokenized = {k: v.materialize() for k, v in tokenized.items()}
+        if args.max_eval_samples:
+            tokenized["eval"] = tokenized["eval"].limit(args.max_eval_samples)
+        tokenized = {k: v.materialize() for k, v in tokenized.items()}
     counts.update({f"{k}_{'blocks' if args.task == 'mlm' else 'samples'}": v.count() for k, v in tokenized.items()})
-    short = [k for k in ("train", "eval") if counts.get(f"{k}_blocks") == 0]
-    if short:
-        raise UsageError(f"the {' and '.join(short)} text makes no block of {{o}} {args.chunk_size} tokens: "
-                         "give more data or a smaller {o}", o="chunk_size")
+    _no_blocks(counts, args)
     return tokenized, splits, counts
+
+
+def _streams(args: TrainArgs, inputs) -> bool:
+    """Whether masked-LM data streams: `--streaming on`, or (auto) when holding the corpus
+    would fill the object store (rows with their raw text, splits and tokens: about
+    `MATERIALIZED` times the input's bytes, compressed files counted `COMPRESSION` times)."""
+    if args.task != "mlm" or args.streaming == "off":
+        return False
+    size = sum(f.size * (COMPRESSION if compressed(f.path) else 1) for f in inputs.files)
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    if args.streaming == "auto" and size * MATERIALIZED < store:
+        return False
+    print(f"reviewlm: streaming the training data ({size / 2**20:,.0f} MB of input, {store / 2**20:,.0f} MB "
+          "of object store)", file=sys.stderr)
+    return True
+
+
+def _streamed(source, args: TrainArgs, tokenizer, out: OutputDir):
+    """Masked-LM datasets for `--streaming`: the train blocks are read and tokenized while
+    the workers train, every epoch anew; the eval blocks, at most `--max-eval-samples`, are
+    materialized. One pass first counts the rows (and, without `--max-steps`, the tokens for
+    the schedule) and quarantines what cannot be used."""
+    bounds, seed = _bounds(args), args.seed
+    rows = read_source(source)
+    rows.context.execution_options.preserve_order = True  # the same eval blocks and quarantine every run
+    rows = _prepared(rows, args)
+    count_tokens = None if args.max_steps else tokenizer
+    tallies = rows.map_batches(data.tally, fn_kwargs={"bounds": bounds, "seed": seed, "tokenizer": count_tokens},
+                               batch_format="pyarrow", batch_size=1024)
+    names = ["read", "quarantined", "eval", "train"] + (["train_tokens"] if count_tokens else [])
+    totals = tallies.sum(names) or {}
+    counts = {name: int(totals.get(f"sum({name})") or 0) for name in names}
+    warnings, counts = _quarantine(rows, out, counts)
+    data.require_rows({"train": counts["train"], "eval": counts["eval"]})
+
+    def split(ds: ray.data.Dataset, name: str, num_cpus: float | None = None) -> ray.data.Dataset:
+        return ds.map_batches(data.split_rows, fn_kwargs={"name": name, "bounds": bounds, "seed": seed},
+                              batch_format="pyarrow", num_cpus=num_cpus)
+
+    stream = read_source(source, data.DATA_CPUS)
+    stream.context.target_max_block_size = data.STREAM_BLOCK_BYTES  # what a task holds in the store
+    train = _mlm_blocks(split(_prepared(stream, args, data.DATA_CPUS), "train", data.DATA_CPUS), args, tokenizer,
+                        data.DATA_CPUS)
+    evaluation = _eval_blocks(split(rows, "eval"), args, tokenizer, args.max_eval_samples or STREAM_EVAL_BLOCKS)
+    counts["eval_blocks"] = evaluation.count()
+    if "train_tokens" in counts:
+        counts["train_blocks"] = counts["train_tokens"] // args.chunk_size  # about: batches drop their tails
+    _no_blocks(counts, args)
+    return {"train": train, "eval": evaluation}, counts, warnings
 
 
 def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Columns = Columns(),
@@ -103,20 +174,26 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
     with out:
         init_ray(run)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        rows, labels = _rows(read_reviews(data_in, columns, run.split_bytes), args)
-        warnings, counts = _quarantine(rows, out, args)
-        classes = _classes(rows, labels, args, columns) if labels else None
-        datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
-        counts.update(counts_split)
+        stream = _streams(args, data_in)
+        if stream:
+            source = ReviewDatasource(data_in, plan_pieces(data_in, run.split_bytes), columns)
+            datasets, counts, warnings = _streamed(source, args, tokenizer, out)
+            labels = classes = None
+        else:
+            rows, labels = _rows(read_reviews(data_in, columns, run.split_bytes), args)
+            warnings, counts = _quarantine(rows, out)
+            classes = _classes(rows, labels, args, columns) if labels else None
+            datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
+            counts.update(counts_split)
         arrow_fs = arrow_filesystem(out.fs)
         if args.task == "mlm":  # the masked blocks every eval loss is computed on, for anyone to recompute
             datasets["eval"].write_parquet(f"{out.tmp}/eval", filesystem=arrow_fs)
         else:  # the rows the test metrics are computed on
             splits["test"].drop_columns(["split", "_u", "source", "_row", "_raw", "_error"]).write_parquet(
                 f"{out.tmp}/test", filesystem=arrow_fs)
-        train_rows = counts["train_blocks" if args.task == "mlm" else "train_samples"]
-        steps_per_epoch = math.ceil(train_rows / args.batch_size / args.num_workers)
-        total = min(args.max_steps or 10**12, steps_per_epoch * args.epochs)
+        train_rows = counts.get("train_blocks" if args.task == "mlm" else "train_samples")
+        steps_per_epoch = math.ceil(train_rows / args.batch_size / args.num_workers) if train_rows is not None else None
+        total = min(args.max_steps or 10**12, steps_per_epoch * args.epochs if steps_per_epoch else 10**12)
         warnings += _few_steps(total, steps_per_epoch, args) + _unbalanced(classes, args)
         config = LoopConfig(task=args.task, model=portable_ref(args.model), epochs=args.epochs, total_steps=total,
                             batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed, precision=args.precision,
@@ -130,14 +207,15 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
                                                                   checkpoint_score_attribute="eval_loss",
                                                                   checkpoint_score_order="min"),
                                failure_config=FailureConfig(max_failures=args.max_failures))
-        scaling = ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                resources_per_worker=None if args.use_gpu else {"CPU": 1})
+        scaling = ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,  # streaming: CPUs for Ray Data
+                                resources_per_worker=None if args.use_gpu else {"CPU": 1 - data.DATA_CPUS * stream})
         # the same run name and storage: Ray Train continues from the latest checkpoint there
         trainer = TorchTrainer(train_func, train_loop_config=asdict(config), scaling_config=scaling,
                                run_config=run_config, datasets=datasets,
-                               dataset_config=data.FixedShards(datasets, args.num_workers))
+                               dataset_config=data.FixedShards(datasets, args.num_workers,
+                                                               stream=("train",) if stream else ()))
         result = trainer.fit()
-        metrics = _metrics(result, args, model_path, counts, warnings)
+        metrics = _metrics(result, args, model_path, counts, warnings) | {"streaming": stream}
         _export(result.get_best_checkpoint("eval_loss", "min"), out)
         if labels:
             metrics.update(labels=labels, classes=classes, class_weights=list(config.class_weights) or None)
@@ -155,15 +233,22 @@ def _warn(message: str) -> list[str]:
     return [message]
 
 
-def _quarantine(rows: ray.data.Dataset, out: OutputDir, args: TrainArgs) -> tuple[list[str], dict]:
-    """Write the rows training cannot use to quarantine/; a warning saying how many and why."""
-    bad = data.quarantined(rows).materialize()
-    n = bad.count()
-    counts = {"read": rows.count(), "quarantined": n}
+def _quarantine(rows: ray.data.Dataset, out: OutputDir, counts: dict | None = None) -> tuple[list[str], dict]:
+    """Write the rows training cannot use to quarantine/; a warning saying how many and why.
+
+    `counts` (read, quarantined) when a pass has counted them; else they are counted here.
+    """
+    bad = data.quarantined(rows)
+    if counts is None:
+        bad = bad.materialize()
+        counts = {"read": rows.count(), "quarantined": bad.count()}
+    n = counts["quarantined"]
     if not n:
         return [], counts
-    bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_filesystem(out.fs))
-    reasons = bad.groupby("error").count().to_pandas().sort_values("count()", ascending=False)
+    arrow_fs = arrow_filesystem(out.fs)
+    bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_fs)
+    reasons = (ray.data.read_parquet(f"{out.tmp}/quarantine", filesystem=arrow_fs).groupby("error").count()
+               .to_pandas().sort_values("count()", ascending=False))
     top = reasons.iloc[0]
     if n == counts["read"]:
         raise UsageError(f"no usable training rows: all {n} rows are quarantined, {int(top['count()'])} "
@@ -172,12 +257,13 @@ def _quarantine(rows: ray.data.Dataset, out: OutputDir, args: TrainArgs) -> tupl
                  f"({int(top['count()'])})"), counts
 
 
-def _few_steps(total: int, per_epoch: int, args: TrainArgs) -> list[str]:
+def _few_steps(total: int, per_epoch: int | None, args: TrainArgs) -> list[str]:
     """A warning when the run makes too few optimizer steps to learn much."""
     if total >= FEW_STEPS:
         return []
-    return _warn(f"this run makes only {total} optimizer steps ({per_epoch} per epoch: the train split over "
-                 f"a batch of {args.batch_size} x {args.num_workers} workers); fine-tuning usually needs "
+    why = (f"{per_epoch} per epoch: the train split over a batch of {args.batch_size} x {args.num_workers} workers"
+           if per_epoch is not None else "--max-steps")
+    return _warn(f"this run makes only {total} optimizer steps ({why}); fine-tuning usually needs "
                  f"{FEW_STEPS} or more: give more epochs, a smaller batch size or more data")
 
 
