@@ -1,5 +1,6 @@
 """A node lost mid-job on a local two-node Ray cluster (two `ray start`s, two raylets)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import tempfile
 import time
 
 import pandas as pd
+import psutil
 import pytest
 from reviewlm.synth import write_synth
 
@@ -56,12 +58,16 @@ def lose_node(nodes: str | list[str], job: subprocess.Popen, running: str, after
     deadline = time.time() + timeout
     while job.poll() is None and time.time() < deadline:
         for node in [nodes] if isinstance(nodes, str) else nodes:
-            [raylet] = [p for p in node_processes(node) if p.name() == "raylet"]
-            if ready() and any(running in " ".join(p.cmdline()) for p in raylet.children(recursive=True)
-                               if p.is_running()):
+            try:  # processes come and go while we look: a vanished one means look again
+                [raylet] = [p for p in node_processes(node) if p.name() == "raylet"]
+                seen = ready() and any(running in " ".join(p.cmdline()) for p in raylet.children(recursive=True))
+            except psutil.NoSuchProcess:
+                continue
+            if seen:
                 time.sleep(after)
                 for p in [raylet, *raylet.children(recursive=True)]:
-                    p.kill()
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
                 return node
         time.sleep(0.2)
     return None
