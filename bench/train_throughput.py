@@ -1,10 +1,11 @@
 """Training throughput: `reviewlm train` against transformers' Trainer and our own one-process loop.
 
     .venv/bin/python bench/train_throughput.py [--model starter] [--steps 10] [--batch-size 16]
-        [--previous REF]
+        [--previous REF] [--words 20 150] [--rows 4000]
 
 All in one run, for masked LM (128-token blocks, whole-word masking 0.2) and star
-classification (reviews of 20-150 words, up to 128 tokens):
+classification (reviews of --words words, default 20-150, up to 128 tokens; `--words 0 0`:
+synth's own short reviews of 4-11 words):
 - transformers' `Trainer`, the run_mlm.py / run_glue.py way: one process, 2 threads, the same
   model, data and global batch (2 x --batch-size), padding per batch (`DataCollatorWithPadding`);
 - our own loop in one process with 2 threads (what a Ray Train worker runs, without Ray);
@@ -27,18 +28,18 @@ import numpy as np
 import torch
 from reviewlm.metrics import STARS
 from reviewlm.models import resolve_model
+from reviewlm.options import DEFAULT_LR, TrainArgs
 from reviewlm.synth import synth_rows, write_synth
 from reviewlm.train.data import tokenize_and_chunk, tokenize_reviews
-from reviewlm.train.job import DEFAULT_LR, TrainArgs, train_model
+from reviewlm.train.job import train_model
 from reviewlm.train.loop import LoopConfig, MLMCollate, TensorCollate, adamw, load_model, trainable
 
-ROWS = 4000
 LABELS = {"mlm": (), "stars": STARS}
 
 
-def examples(task: str, tok) -> list[dict]:
+def examples(task: str, tok, rows: int, words: tuple[int, int]) -> list[dict]:
     """The same training examples for every contender: 128-token blocks, or reviews with labels."""
-    table = synth_rows(ROWS, seed=5, min_words=20, max_words=150)
+    table = synth_rows(rows, seed=5, min_words=words[0], max_words=words[1])
     batch = {"text": np.array(table["text"].to_pylist(), dtype=object),
              "label": np.array([str(r) for r in table["rating"].to_pylist()], dtype=object)}
     enc = tokenize_and_chunk(batch, tok, 128) if task == "mlm" else \
@@ -139,6 +140,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
     ap.add_argument("--batch-size", type=int, default=16, help="per Ray Train worker; the others get twice it")
     ap.add_argument("--previous", help="git ref of an earlier reviewlm whose star job to time as well")
+    ap.add_argument("--words", type=int, nargs=2, default=(20, 150), metavar=("MIN", "MAX"),
+                    help="review length in words (0 0: synth's own short reviews)")
+    ap.add_argument("--rows", type=int, default=4000, help="reviews in the corpus")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from transformers import AutoTokenizer
@@ -146,12 +150,13 @@ def main() -> None:
     model_path = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(model_path)
     tmp = tempfile.mkdtemp(prefix="reviewlm-train-bench-")
-    write_synth(f"{tmp}/corpus", ROWS, seed=5, min_words=20, max_words=150)
+    write_synth(f"{tmp}/corpus", args.rows, seed=5, min_words=args.words[0], max_words=args.words[1])
     batch, steps = args.batch_size, args.steps
-    print(f"model {args.model}, global batch {2 * batch}, {steps} timed steps; samples/s:", flush=True)
+    print(f"model {args.model}, reviews of {args.words[0]}-{args.words[1]} words, global batch {2 * batch}, "
+          f"{steps} timed steps; samples/s:", flush=True)
     result = {}
     for task in ("mlm", "stars"):
-        data = examples(task, tok)
+        data = examples(task, tok, args.rows, tuple(args.words))
         result[task] = {"trainer": hf_trainer(task, model_path, data, 2 * batch, steps),
                         "own loop": own_loop(task, model_path, data, 2 * batch, steps)}
         print(f"  {task}: Trainer {result[task]['trainer']:.2f}, own loop {result[task]['own loop']:.2f}", flush=True)

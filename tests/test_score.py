@@ -112,6 +112,21 @@ def test_substitutions_rank_rises_and_falls():
     assert [r["token"] for r in entry["fell"]] == ["1", "3"]
 
 
+def test_the_summary_does_not_depend_on_the_order_rows_were_written_in():
+    """Actors write their blocks in any order: the means are exact, so every order gives the same bits."""
+    from reviewlm.score.metrics import prompt_summary
+
+    rng = np.random.default_rng(0)
+    values = rng.random((5000, 5)) * np.logspace(-8, 0, 5000)[:, None]
+    masks = pd.DataFrame(values[:, :4], columns=["wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass"])
+    masks["model"], masks["first_wanted_rank"] = "m", 1
+    prompts = pd.DataFrame({"model": "m", "error": None, "filled_vader": values[:, 4] - 0.5})
+    summaries = [prompt_summary(masks.iloc[order], prompts.iloc[order])
+                 for order in [np.arange(5000), np.arange(5000)[::-1], rng.permutation(5000)]]
+    assert summaries[0] == summaries[1] == summaries[2]
+    assert summaries[0]["m"]["wanted_share"] == pytest.approx(masks["wanted_share"].mean(), rel=1e-12)
+
+
 def test_templates_models_and_word_sets(tmp_path):
     (tmp_path / "t.txt").write_text("{brand} {product} are very [MASK].\n")
     prompts = expand_templates(str(tmp_path / "t.txt"))
@@ -173,6 +188,25 @@ def test_prompt_files_on_s3_are_read_by_ray_data_and_numbered_across_files(s3, r
     assert summary["models"]["tiny"]["prompts_scored"] == 5
     assert summary["invalid_prompts"] == [{"prompt_index": 1, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
     assert len(pd.read_parquet(out / "masks")) == 6  # one for each mask of the five valid prompts (two in one)
+
+
+@pytest.mark.slow
+def test_a_prompt_file_is_read_in_runs_enough_for_every_actor(ray_cluster, tmp_path):
+    """1,000 prompts in one file (comments, blank lines and CRLF among them) are read in runs
+    that start at kept byte offsets: the same prompts under the same numbers as one pass reads,
+    in a block at least for each of three actors."""
+    from reviewlm.score.prompts import gather_prompts
+
+    ends = ["\r\n" if i % 7 == 0 else "\n" for i in range(1000)]
+    text = "".join(("# a comment\n\n" if i % 50 == 0 else "") + f"Prompt {i} is [MASK].{end}"
+                   for i, end in enumerate(ends))
+    (tmp_path / "p.txt").write_bytes(text.encode())
+    prompts = gather_prompts([str(tmp_path / "p.txt")], None, corpus=False)
+    data = prompts.dataset(3).materialize()
+    assert data.num_blocks() >= 3
+    rows = data.to_pandas().sort_values("prompt_index")
+    assert rows["prompt"].tolist() == [f"Prompt {i} is [MASK]." for i in range(1000)]
+    assert rows["prompt_index"].tolist() == list(range(1000))
 
 
 @pytest.mark.slow

@@ -93,9 +93,10 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             if task == "mlm" and len(prompts):
                 scorer_args = (name, ref, use_gpu, args.top_k, word_sets, SUBSTITUTION_PROMPTS)
-                prompts.dataset().map_batches(
+                actors = max(1, min(pool, -(-len(prompts) // args.batch_size)))  # none without a batch
+                prompts.dataset(actors).map_batches(
                     S.MaskScorer, fn_constructor_args=scorer_args, batch_size=args.batch_size, batch_format="numpy",
-                    compute=ActorPoolStrategy(size=pool), **per_actor,
+                    compute=ActorPoolStrategy(size=actors), **per_actor,
                 ).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(texts, columns, run.split_bytes).map_batches(with_text, batch_format="pyarrow")

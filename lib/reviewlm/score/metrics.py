@@ -10,6 +10,12 @@ import pandas as pd
 from reviewlm.metrics import classification_metrics, confusion_matrix, star_metrics
 
 
+def _mean(values: pd.Series) -> float:
+    """The exactly rounded mean (math.fsum): the same whatever order the rows were written in."""
+    values = values.dropna()
+    return math.fsum(values) / len(values) if len(values) else math.nan
+
+
 def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict:
     """Per model: mean wanted/unwanted share and mass in the top k, first wanted rank, VADER."""
     out = {}
@@ -17,10 +23,9 @@ def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict:
         p = prompts[(prompts["model"] == model) & prompts["error"].isna()]
         out[model] = {
             "prompts_scored": int(len(p)), "masks_scored": int(len(m)),
-            "wanted_share": float(m["wanted_share"].mean()), "unwanted_share": float(m["unwanted_share"].mean()),
-            "wanted_mass": float(m["wanted_mass"].mean()), "unwanted_mass": float(m["unwanted_mass"].mean()),
+            **{name: _mean(m[name]) for name in ("wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass")},
             "median_first_wanted_rank": float(m["first_wanted_rank"].median()),
-            "mean_filled_vader": float(p["filled_vader"].mean()),
+            "mean_filled_vader": _mean(p["filled_vader"]),
         }
     return out
 

@@ -52,43 +52,69 @@ def read_prompts(uri: str) -> list[str]:
     return prompts
 
 
+OFFSET_STRIDE = 64  # a prompt file's byte offset is kept for every 64th prompt
+PROMPTS_PER_PIECE = 1024  # at most this many prompts per read task and block
+
+
 @dataclass(frozen=True)
 class PromptFile:
-    """A prompts file: where it is, and the numbers of its prompts (`first` .. `first + count - 1`)."""
+    """A prompts file: where it is, the numbers of its prompts (`first` .. `first + count - 1`)
+    and the byte offset of every `OFFSET_STRIDE`-th prompt, where a read may start."""
 
     path: str
     uri: str
     first: int
     count: int
+    offsets: tuple[int, ...]
 
 
 PROMPT_SCHEMA = pa.schema([("prompt", pa.string()), ("prompt_index", pa.int64())])
 
 
-def _read_prompt_file(fs, file: PromptFile, rows: int = 10_000) -> Iterator[pa.Table]:
-    index = file.first
+def _per_piece(count: int, pieces: int) -> int:
+    """Prompts per block for `count` prompts cut into about `pieces`: a multiple of the stride."""
+    per = -(-count // max(1, pieces))
+    return min(PROMPTS_PER_PIECE, -(-per // OFFSET_STRIDE) * OFFSET_STRIDE)
+
+
+def _read_prompts(fs, file: PromptFile, start: int, count: int) -> Iterator[pa.Table]:
+    """`count` prompts of `file` from its `start`-th (a multiple of the stride)."""
     with fs.open(file.path, "rb") as fh:
-        lines = _prompt_lines(raw.decode("utf-8") for raw in fh)
-        while batch := list(itertools.islice(lines, rows)):
-            yield pa.table([batch, range(index, index + len(batch))], schema=PROMPT_SCHEMA)
-            index += len(batch)
+        fh.seek(file.offsets[start // OFFSET_STRIDE])
+        lines = list(itertools.islice(_prompt_lines(raw.decode("utf-8") for raw in fh), count))
+    first = file.first + start
+    yield pa.table([lines, range(first, first + count)], schema=PROMPT_SCHEMA)
 
 
 class PromptDatasource(Datasource):
-    """Prompt files, a read task each: rows of `prompt` and its `prompt_index`."""
+    """Prompt files cut into runs of `per` prompts, a read task each: rows of `prompt` and its
+    `prompt_index`."""
 
-    def __init__(self, fs, files: tuple[PromptFile, ...]):
-        self._fs, self._files = fs, files
+    def __init__(self, fs, files: tuple[PromptFile, ...], per: int):
+        self._fs, self._files, self._per = fs, files, per
 
     def estimate_inmemory_data_size(self) -> None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        return [ReadTask(partial(_read_prompt_file, self._fs, f),
-                         BlockMetadata(num_rows=f.count, size_bytes=None, exec_stats=None, input_files=(f.path,)),
+        return [ReadTask(partial(_read_prompts, self._fs, f, start, n),
+                         BlockMetadata(num_rows=n, size_bytes=None, exec_stats=None, input_files=(f.path,)),
                          schema=PROMPT_SCHEMA, per_task_row_limit=per_task_row_limit)
-                for f in self._files]
+                for f in self._files for start in range(0, f.count, self._per)
+                for n in [min(self._per, f.count - start)]]
+
+
+def _count_prompts(fh) -> tuple[int, tuple[int, ...]]:
+    """The prompts of an open binary file and the byte offset of every `OFFSET_STRIDE`-th."""
+    count, offset, offsets = 0, 0, []
+    for raw in fh:
+        if next(_prompt_lines([raw.decode("utf-8")]), None) is not None:
+            if count % OFFSET_STRIDE == 0:
+                offsets.append(offset)
+            count += 1
+        offset += len(raw)
+    return count, tuple(offsets)
 
 
 def prompt_files(uris: list[str]) -> tuple[object, tuple[PromptFile, ...]]:
@@ -102,8 +128,8 @@ def prompt_files(uris: list[str]) -> tuple[object, tuple[PromptFile, ...]]:
                 raise UsageError(f"cannot read prompts {uri}: no such file or directory")
             for p in sorted(paths):
                 with fs.open(p, "rb") as fh:
-                    count = sum(1 for _ in _prompt_lines(raw.decode("utf-8") for raw in fh))
-                files.append(PromptFile(p, full_uri(fs, p), first, count))
+                    count, offsets = _count_prompts(fh)
+                files.append(PromptFile(p, full_uri(fs, p), first, count, offsets))
                 first += count
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read prompts {uri}: {exc}") from None
@@ -114,8 +140,8 @@ def prompt_files(uris: list[str]) -> tuple[object, tuple[PromptFile, ...]]:
 
 @dataclass(frozen=True)
 class Prompts:
-    """A score run's prompts, numbered from 0: the files' (read by Ray Data, a task per file),
-    then `items` (templates and reference prompts, made in the driver)."""
+    """A score run's prompts, numbered from 0: the files' (read by Ray Data in runs of
+    prompts), then `items` (templates and reference prompts, made in the driver)."""
 
     files: tuple[PromptFile, ...] = ()
     items: tuple[str, ...] = ()
@@ -124,16 +150,17 @@ class Prompts:
     def __len__(self) -> int:
         return sum(f.count for f in self.files) + len(self.items)
 
-    def dataset(self) -> ray.data.Dataset:
-        """Rows of `prompt` and `prompt_index`."""
-        first = sum(f.count for f in self.files)
+    def dataset(self, blocks: int = 1) -> ray.data.Dataset:
+        """Rows of `prompt` and `prompt_index`, in at least `blocks` blocks where there are
+        prompts enough (one per actor), and at most `PROMPTS_PER_PIECE` prompts a block."""
+        per, first = _per_piece(len(self), blocks), sum(f.count for f in self.files)
         # reading text is light: zero-CPU tasks never wait for the CPUs the scoring actors hold
         # (a read lost with its node is redone while they run)
         reads = {"num_cpus": 0, "concurrency": max(1, int(ray.cluster_resources().get("CPU", 1)))}
-        parts = [ray.data.read_datasource(PromptDatasource(self.fs, self.files), **reads)] if self.files else []
+        parts = [ray.data.read_datasource(PromptDatasource(self.fs, self.files, per), **reads)] if self.files else []
         if self.items:
-            parts.append(ray.data.from_arrow(pa.table([list(self.items), range(first, first + len(self.items))],
-                                                      schema=PROMPT_SCHEMA)))
+            table = pa.table([list(self.items), range(first, first + len(self.items))], schema=PROMPT_SCHEMA)
+            parts.append(ray.data.from_arrow([table.slice(i, per) for i in range(0, len(table), per)]))
         return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
