@@ -36,12 +36,17 @@ def _read_text(uri: str, what: str) -> str:
         raise UsageError(f"cannot read {what} {uri}: {exc}") from None
 
 
+def _prompt(line: str) -> str | None:
+    """The prompt on a line, or None for a blank line or one starting with #."""
+    line = line.rstrip("\n").rstrip("\r")
+    return line if line.strip() and not line.lstrip().startswith("#") else None
+
+
 def _prompt_lines(lines: Iterable[str]) -> Iterator[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
     for line in lines:
-        line = line.rstrip("\n").rstrip("\r")
-        if line.strip() and not line.lstrip().startswith("#"):
-            yield line
+        if (prompt := _prompt(line)) is not None:
+            yield prompt
 
 
 def read_prompts(uri: str) -> list[str]:
@@ -109,7 +114,7 @@ def _count_prompts(fh) -> tuple[int, tuple[int, ...]]:
     """The prompts of an open binary file and the byte offset of every `OFFSET_STRIDE`-th."""
     count, offset, offsets = 0, 0, []
     for raw in fh:
-        if next(_prompt_lines([raw.decode("utf-8")]), None) is not None:
+        if _prompt(raw.decode("utf-8")) is not None:
             if count % OFFSET_STRIDE == 0:
                 offsets.append(offset)
             count += 1
