@@ -93,7 +93,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             if task == "mlm" and len(prompts):
                 scorer_args = (name, ref, use_gpu, args.top_k, word_sets, SUBSTITUTION_PROMPTS)
-                actors = max(1, min(pool, -(-len(prompts) // args.batch_size)))  # none without a batch
+                actors = min(pool, -(-len(prompts) // args.batch_size))  # no actor without a batch to score
                 prompts.dataset(actors).map_batches(
                     S.MaskScorer, fn_constructor_args=scorer_args, batch_size=args.batch_size, batch_format="numpy",
                     compute=ActorPoolStrategy(size=actors), **per_actor,
