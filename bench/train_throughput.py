@@ -32,7 +32,7 @@ from reviewlm.options import DEFAULT_LR, TrainArgs
 from reviewlm.synth import synth_rows, write_synth
 from reviewlm.train.data import tokenize_and_chunk, tokenize_reviews
 from reviewlm.train.job import train_model
-from reviewlm.train.loop import LoopConfig, MLMCollate, TensorCollate, adamw, load_model, trainable
+from reviewlm.train.loop import LoopConfig, MLMCollate, SparseEmbeddingGrad, TensorCollate, adamw, load_model, trainable
 
 LABELS = {"mlm": (), "stars": STARS}
 
@@ -99,13 +99,16 @@ def own_loop(task: str, model_path: str, data: list[dict], batch: int, steps: in
     config = LoopConfig(task=task, model=model_path, epochs=1, total_steps=steps + 1, batch_size=batch,
                         lr=DEFAULT_LR[task], seed=0, precision="fp32", whole_word=True, mask_probability=0.2,
                         labels=LABELS[task])
-    model = trainable(config, load_model(task, model_path, LABELS[task])).train()
+    hf = load_model(task, model_path, LABELS[task])
+    dense_grads = SparseEmbeddingGrad(hf, torch.device("cpu"))
+    model = trainable(config, hf).train()
     opt = adamw(model, DEFAULT_LR[task])
     collate = collator(task, tok)
     start = None
     for step in range(steps + 1):
         rows = [data[i % len(data)] for i in range(step * batch, (step + 1) * batch)]
         model(**collate(rows)).loss.backward()
+        dense_grads()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -115,6 +115,66 @@ def test_the_head_only_at_masked_positions_gives_the_full_models_loss_and_gradie
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def _dense_and_sparse_ddp_steps(rank: int, port: int, model_path: str, tokens: list[str]):
+    """One DDP rank (gloo): two training steps of the same classifier with a dense and with
+    a sparse word-embedding gradient; the parameters must come out the same."""
+    import copy
+
+    import torch.distributed as dist
+    from reviewlm.metrics import STARS
+    from reviewlm.train.loop import SparseEmbeddingGrad, adamw, load_model
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import AutoTokenizer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    dense = load_model("stars", model_path, STARS).eval()  # no dropout: both models see the same forward
+    sparse = copy.deepcopy(dense)
+    dense_grads = SparseEmbeddingGrad(sparse, torch.device("cpu"))
+    assert dense_grads.embedding.sparse
+    runs = []
+    for model, after_backward in ((dense, lambda: None), (sparse, dense_grads)):
+        ddp = DistributedDataParallel(model)
+        runs.append((ddp, adamw(ddp, 1e-3), after_backward))
+    tok = AutoTokenizer.from_pretrained(model_path)
+    for step in range(2):  # other words each step: the rows the last step wrote must not linger
+        batch = tok(tokens[4 * step + 2 * rank:][:2], padding=True, return_tensors="pt")
+        for ddp, optimizer, after_backward in runs:
+            ddp(**batch, labels=torch.tensor([step, 4])).loss.backward()
+            after_backward()
+            torch.nn.utils.clip_grad_norm_(ddp.parameters(), 0.05)  # clips: scales the dense buffer in place
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    assert sparse.get_input_embeddings().weight.grad is None
+    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6, msg=name)
+    dist.destroy_process_group()
+
+
+def test_a_sparse_embedding_gradient_trains_as_the_dense_one_under_ddp():
+    """Two gloo ranks with different reviews: DDP all-reduces the sparse rows, and the step
+    (clipping, fused AdamW with weight decay on every row) is the dense one's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = ["Nike shoes are comfortable", "Ugly and expensive, returned them", "Durable boots", "Too small",
+              "Adidas hoodie: warm and soft", "The zipper broke", "Cheap fabric", "Love it"]
+    mp.spawn(_dense_and_sparse_ddp_steps, args=(port, resolve_model("tiny"), tokens), nprocs=2)
+
+
+def test_masked_lm_keeps_a_dense_embedding_gradient():
+    """Tied to the vocabulary head, the embedding's gradient is dense anyway: left as it is."""
+    from reviewlm.train.loop import SparseEmbeddingGrad, load_model
+
+    model = load_model("mlm", resolve_model("tiny"))
+    assert SparseEmbeddingGrad(model, torch.device("cpu")).embedding is None
+    assert not model.get_input_embeddings().sparse
+
+
 def test_streamed_splits_and_counts_are_the_materialized_ones(corpus, tok):
     """What streaming computes per batch: each split's rows, and the tokens the chunker cuts."""
     import pyarrow as pa
