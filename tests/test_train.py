@@ -207,7 +207,7 @@ def independent_eval_loss(out, corpus: str, eval_fraction: float, tok, model_dir
     from transformers import AutoModelForMaskedLM
 
     blocks = pq.read_table(out / "eval").to_pydict()
-    inputs, labels = torch.tensor(blocks["input_ids"]).long(), torch.tensor(blocks["labels"]).long()
+    inputs, labels = (torch.tensor(np.array(blocks[k]), dtype=torch.long) for k in ("input_ids", "labels"))
     restored = torch.where(labels != -100, labels, inputs)
     assert (inputs[labels != -100] == tok.mask_token_id).all() and not (restored == tok.mask_token_id).any()
     rows = [json.loads(line) for f in sorted(Path(corpus).glob("*.jsonl")) for line in f.open()]
