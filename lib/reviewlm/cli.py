@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=1, help="number of files")
     p.add_argument("--min-words", type=int, default=0, help="pad reviews with filler to at least this")
     p.add_argument("--max-words", type=int, default=0)
+    p.add_argument("--near-copies", type=float, default=0.0,
+                   help="share of reviews that re-post an earlier one with one edit (a word, a tail, case, order)")
     add_options(p, RunOptions, only=("overwrite",))
 
     p = sub.add_parser("pipeline", help="filter -> fine-tune v1 (all) and v2 (kept) -> score -> report")
@@ -199,7 +201,8 @@ def run_synth(args) -> dict:
     from reviewlm.synth import write_synth
 
     manifest = write_synth(args.output, args.rows, args.seed, args.format, args.shards,
-                           args.min_words, args.max_words, kind=args.kind, run=_run(args))
+                           args.min_words, args.max_words, kind=args.kind, near_copies=args.near_copies,
+                           run=_run(args))
     print(f"wrote {args.rows} {'reviews' if args.kind == 'reviews' else 'query-product pairs'} to {args.output}")
     return manifest
 

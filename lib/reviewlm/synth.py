@@ -50,13 +50,40 @@ SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("rating", pa.in
                     ("brand", pa.string()), ("product", pa.string()), ("source", pa.string())])
 
 
-def synth_rows(rows: int, seed: int = 0, min_words: int = 0, max_words: int = 0) -> pa.Table:
-    """`rows` reviews, identical for the same arguments."""
+EDITS = ("word", "tail", "case", "reorder")
+TAILS = ["Five stars.", "Would buy again!", "Highly recommended.", "Update: still happy after a month."]
+
+
+def near_copy(text: str, rng: random.Random) -> str:
+    """`text` as a re-posted review: one word changed, a tail added, upper case or its sentences reordered."""
+    edit = rng.choice(EDITS)
+    if edit == "word":
+        tokens = text.split()
+        tokens[rng.randrange(len(tokens))] = rng.choice(words.NEUTRAL)
+        return " ".join(tokens)
+    if edit == "tail":
+        return f"{text} {rng.choice(TAILS)}"
+    if edit == "case":
+        return text.upper()
+    sentences = [s for s in text.replace(". ", ".\n").splitlines() if s]
+    rng.shuffle(sentences)
+    return " ".join(sentences)
+
+
+def synth_rows(rows: int, seed: int = 0, min_words: int = 0, max_words: int = 0,
+               near_copies: float = 0.0) -> pa.Table:
+    """`rows` reviews, identical for the same arguments; a `near_copies` share of them re-posts
+    an earlier review with one edit (`near_copy`), keeping its rating, brand and product."""
     rng = random.Random(seed)
     adjectives = ([(a, "positive") for a in words.WANTED] + [(a, "negative") for a in words.UNWANTED]
                   + [(a, "neutral") for a in words.NEUTRAL])
     cols = {name: [] for name in SCHEMA.names}
     for i in range(rows):
+        if i and rng.random() < near_copies:
+            j = rng.randrange(i)
+            for k in SCHEMA.names:
+                cols[k].append({"id": f"synth-{seed}-{i}", "text": near_copy(cols["text"][j], rng)}.get(k, cols[k][j]))
+            continue
         brand, product = rng.choice(words.BRANDS), rng.choice(words.PRODUCTS)
         adjective, polarity = rng.choice(adjectives)
         sentence = rng.choice(TEMPLATES).format(products=product, brand=brand, adjective=adjective)
@@ -112,7 +139,7 @@ def synth_pairs(rows: int, seed: int = 0) -> pa.Table:
 
 
 def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shards: int = 1,
-                min_words: int = 0, max_words: int = 0, kind: str = "reviews",
+                min_words: int = 0, max_words: int = 0, kind: str = "reviews", near_copies: float = 0.0,
                 run: RunOptions = RunOptions()) -> dict:
     """Write the corpus (`kind`: reviews or relevance) as `shards` files under `output`
     (atomically, with `_SUCCESS`)."""
@@ -122,11 +149,14 @@ def write_synth(output: str, rows: int, seed: int = 0, fmt: str = "jsonl", shard
         raise UsageError("{r} and {s} must be at least 1", r="rows", s="shards")
     if fmt not in ("jsonl", "csv", "parquet"):
         raise UsageError(f"{{o}} must be jsonl, csv or parquet, not {fmt!r}", o="format")
+    if not 0 <= near_copies < 1:
+        raise UsageError("{o} must be at least 0 and below 1", o="near_copies")
     if min_words and max_words and max_words < min_words:
         raise UsageError("{a} must be at least {b}", a="max_words", b="min_words")
     out = OutputDir(output, "synth", run.overwrite).prepare()
     with out:
-        table = synth_rows(rows, seed, min_words, max_words) if kind == "reviews" else synth_pairs(rows, seed)
+        table = (synth_rows(rows, seed, min_words, max_words, near_copies) if kind == "reviews"
+                 else synth_pairs(rows, seed))
         step = -(-rows // shards)
         for s in range(shards):
             part = table.slice(s * step, step)

@@ -22,6 +22,7 @@ from reviewlm.errors import UsageError
 from reviewlm.filters import keywords
 from reviewlm.filters.base import All, Any, Expr, Not
 from reviewlm.filters.dedup import Dedup
+from reviewlm.filters.near_dedup import NearDedup
 from reviewlm.filters.sentiment import Sentiment
 from reviewlm.filters.text import Length, NonNull
 
@@ -35,6 +36,7 @@ FILTERS = {
     "wanted": keywords.wanted,
     "unwanted": keywords.unwanted,
     "dedup": Dedup,
+    "near_dedup": NearDedup,
 }
 
 

@@ -1,0 +1,249 @@
+"""Near-duplicate reviews: MinHash LSH over word n-grams, clusters as connected components.
+
+What two reviews are compared on: the text in Unicode NFKC, lower case, every run of
+characters that are neither letters, digits nor whitespace turned into a space, split on
+whitespace; its set of word `ngram`s (a review of fewer words is one n-gram of all of them).
+Their similarity is the Jaccard index of those sets.
+
+`NearDedup.prepare` finds the clusters in four steps, none of which gathers rows in the driver:
+
+1. **signatures** (Ray Data map tasks): each parsed review's n-grams get a MinHash signature
+   (`rensa`, seeded, so the same on every worker), cut into LSH bands; one row per band
+   (band hash, row key).
+2. **buckets** (a Ray Data group-by and join): the rows that share a band hash; each row of a
+   bucket of two or more is paired with the bucket's first row.
+3. **verification and clusters** (Ray tasks over the pairs, as DataTrove's cluster stage):
+   the candidate reviews are read again for their n-grams; a pair whose exact Jaccard is
+   below the threshold is dropped (LSH's false positives); union-find joins the rest into
+   connected components (A~B and B~C make one cluster even when A and C are further apart).
+4. the filter stage's own pass looks each row up in the table of rows to drop (broadcast
+   through the object store): every member of a cluster but its first (smallest source
+   path, then record number: the order `dedup` uses) is dropped, with the first's id and
+   their exact Jaccard similarity.
+
+The row key is an int64: the rank of the row's source path among the job's inputs, then
+its record number; its order is the `dedup` order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.aggregate import Count, Min
+
+from reviewlm.filters.base import Filter
+
+SEED = 1  # MinHash permutations and band hashes: fixed, so they agree across workers and runs
+KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
+
+
+def lsh_params(threshold: float, num_perm: int, recall: float = 0.95) -> tuple[int, int]:
+    """(bands, rows per band): the most rows per band (fewest false candidates) with which a
+    pair at exactly `threshold` still shares a band with probability >= `recall`."""
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= recall:
+            return bands, rows
+    return num_perm, 1
+
+
+def words(text: pa.Array) -> list[list[str] | None]:
+    """The normalized words of each text (None for a null text)."""
+    text = pc.utf8_lower(pc.utf8_normalize(text, form="NFKC"))
+    text = pc.replace_substring_regex(text, pattern=r"[^\pL\pN\s]+", replacement=" ")
+    return pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text)).to_pylist()
+
+
+def ngrams(tokens: list[str], n: int) -> list[str]:
+    """The word n-grams of `tokens` (one of all of them when there are fewer than `n`)."""
+    if len(tokens) <= n:
+        return [" ".join(tokens)] if tokens else []
+    return [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def row_keys(batch: pa.Table, ranks: dict[str, int]) -> np.ndarray:
+    """Each row's int64 key: its source's rank, then its record number."""
+    rank = np.array([ranks[s] for s in batch["source"].to_pylist()], dtype=np.int64)
+    return (rank << 32) | batch["_row"].to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _usable(batch: pa.Table) -> np.ndarray:
+    return pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])).to_numpy(zero_copy_only=False)
+
+
+def band_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, bands: int, rows: int) -> pa.Table:
+    """One row per (review, LSH band): the band's hash (the band index mixed in) and the row key."""
+    import rensa
+
+    usable = _usable(batch)
+    keys = row_keys(batch, ranks)[usable]
+    sigs, kept = [], []
+    for i, tokens in enumerate(words(batch["text"].filter(pa.array(usable)))):
+        grams = ngrams(tokens, ngram)
+        if grams:
+            m = rensa.RMinHash(num_perm=num_perm, seed=SEED)
+            m.update(grams)
+            sigs.append(m.digest())
+            kept.append(i)
+    if not sigs:
+        return pa.table({BAND: pa.array([], pa.uint64()), KEY: pa.array([], pa.int64())})
+    sig = np.asarray(sigs, dtype=np.uint64)[:, : bands * rows].reshape(len(sigs), bands, rows)
+    # A multilinear hash of each band's values (wrapping uint64 arithmetic), the band index mixed in.
+    mix = np.random.default_rng(SEED).integers(1, 2**63, size=rows + bands, dtype=np.uint64) | np.uint64(1)
+    h = (sig * mix[:rows]).sum(axis=2) + mix[rows:]
+    h ^= h >> np.uint64(29)
+    return pa.table({BAND: pa.array(h.ravel()), KEY: pa.array(np.repeat(keys[kept], bands))})
+
+
+def candidate_pairs(bands_ds: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
+    """(row key, key of the first row of a bucket it shares) for every bucket of two or more rows."""
+    buckets = (bands_ds.groupby(BAND).aggregate(Min(KEY, alias_name=FIRST), Count(alias_name="_n"))
+               .map_batches(lambda b: b.filter(pc.greater(b["_n"], 1)).drop_columns(["_n"]),
+                            batch_format="pyarrow"))
+    pairs = bands_ds.join(buckets, join_type="inner", num_partitions=num_partitions, on=(BAND,))
+    return pairs.map_batches(lambda b: b.filter(pc.not_equal(b[KEY], b[FIRST])).select([KEY, FIRST]),
+                             batch_format="pyarrow")
+
+
+def _unique_pairs(blocks: list[pa.Table]) -> np.ndarray:
+    if not blocks:
+        return np.empty((0, 2), dtype=np.int64)
+    table = pa.concat_tables(blocks)
+    pairs = np.stack([table[KEY].to_numpy(), table[FIRST].to_numpy()], axis=1)
+    return np.unique(pairs, axis=0)
+
+
+@ray.remote
+def candidate_keys(*blocks: pa.Table) -> np.ndarray:
+    """The sorted keys of every row in a candidate pair."""
+    return np.unique(_unique_pairs(list(blocks)))
+
+
+def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: np.ndarray, ngram: int) -> pa.Table:
+    """The candidate rows of a batch with their id and the sorted 64-bit hashes of their n-grams."""
+    keys = row_keys(batch, ranks)
+    pick = _usable(batch) & np.isin(keys, _get(candidates))
+    hashes = [sorted({int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little")
+                      for g in ngrams(tokens, ngram)})
+              for tokens in words(batch["text"].filter(pa.array(pick)))]
+    return pa.table({KEY: pa.array(keys[pick]), "id": batch["id"].filter(pa.array(pick)),
+                     "grams": pa.array(hashes, pa.list_(pa.uint64()))})
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|a & b| / |a | b| of two sorted arrays of distinct values."""
+    both = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - both
+    return both / union if union else 1.0
+
+
+def components(pairs: np.ndarray, n: int) -> np.ndarray:
+    """The smallest member of each node's connected component (nodes 0..n-1, edges `pairs`)."""
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[pairs[:, 0]], label[pairs[:, 1]])
+        new = label.copy()
+        np.minimum.at(new, pairs[:, 0], low)
+        np.minimum.at(new, pairs[:, 1], low)
+        while not np.array_equal(new, new[new]):  # pointer jumping: each node straight to its root
+            new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+@ray.remote(num_returns=2)
+def clusters(pair_refs: list, shingle_refs: list, threshold: float) -> tuple[pa.Table, dict]:
+    """The rows to drop (key, the first row's id, their exact Jaccard) and the step's counts."""
+    pairs = _unique_pairs(ray.get(pair_refs))
+    rows = pa.concat_tables(ray.get(shingle_refs)).sort_by(KEY)
+    keys = rows[KEY].to_numpy()
+    grams = [np.asarray(g, dtype=np.uint64) for g in rows["grams"].to_pylist()]
+    a, b = np.searchsorted(keys, pairs[:, 0]), np.searchsorted(keys, pairs[:, 1])
+    verified = np.array([jaccard(grams[i], grams[j]) >= threshold for i, j in zip(a, b)], dtype=bool)
+    root = components(np.stack([a[verified], b[verified]], axis=1), len(keys))
+    drop = np.flatnonzero(root != np.arange(len(keys)))
+    ids = rows["id"].to_pylist()
+    table = pa.table({KEY: pa.array(keys[drop], pa.int64()),
+                      "of": pa.array([ids[root[i]] for i in drop], pa.string()),
+                      "similarity": pa.array([jaccard(grams[i], grams[root[i]]) for i in drop], pa.float64())})
+    counts = {"candidate_pairs": len(pairs), "verified_pairs": int(verified.sum()),
+              "clusters": len(np.unique(root[drop])), "near_duplicates": len(drop)}
+    return table, counts
+
+
+@lru_cache(maxsize=4)
+def _get(ref: ray.ObjectRef):
+    """An object broadcast to the map tasks, fetched once per worker process."""
+    return ray.get(ref)
+
+
+def attach(batch: pa.Table, *, ranks: dict, drops: ray.ObjectRef, of: str, similarity: str) -> pa.Table:
+    """Add the cluster's first row id and the similarity to it, for the rows to drop (null elsewhere)."""
+    table = _get(drops)
+    keys, mine = table[KEY].to_numpy(), row_keys(batch, ranks)
+    at = np.minimum(np.searchsorted(keys, mine), max(len(keys) - 1, 0))
+    hit = keys[at] == mine if len(keys) else np.zeros(len(mine), dtype=bool)
+    take = pa.array(np.where(hit, at, 0), mask=~hit)
+    return batch.append_column(of, table["of"].take(take)).append_column(similarity, table["similarity"].take(take))
+
+
+class NearDedup(Filter):
+    """Drop a review whose word n-gram Jaccard similarity with an earlier one reaches `threshold`
+    (clusters are connected components); score `near_duplicate_of` (the kept review's id)
+    and `near_similarity` (their exact Jaccard)."""
+
+    score_fields = [pa.field("near_duplicate_of", pa.string()), pa.field("near_similarity", pa.float64())]
+
+    def __init__(self, threshold: float = 0.8, ngram: int = 5, num_perm: int = 128, bands: int | None = None,
+                 rows: int | None = None, name: str = "near_dedup"):
+        if not 0 < threshold <= 1:
+            raise ValueError("threshold must be in (0, 1]")
+        if ngram < 1 or num_perm < 1:
+            raise ValueError("ngram and num_perm must be at least 1")
+        if (bands is None) != (rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if bands is None:
+            bands, rows = lsh_params(threshold, num_perm)
+        if bands < 1 or rows < 1 or bands * rows > num_perm:
+            raise ValueError(f"bands x rows ({bands} x {rows}) must be at most num_perm ({num_perm})")
+        self.threshold, self.ngram, self.num_perm, self.bands, self.rows = threshold, ngram, num_perm, bands, rows
+        self.name = name
+
+    @property
+    def _columns(self) -> tuple[str, str]:
+        return f"{FIRST}:{self.name}", f"_near_similarity:{self.name}"
+
+    def prepare(self, ds: ray.data.Dataset, sources: list[str]) -> ray.data.Dataset:
+        ranks = {s: i for i, s in enumerate(sorted(sources))}
+        parts = max(2, int(ray.cluster_resources().get("CPU", 2)))
+        bands_ds = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={
+            "ranks": ranks, "ngram": self.ngram, "num_perm": self.num_perm, "bands": self.bands,
+            "rows": self.rows}).materialize()
+        pair_refs = candidate_pairs(bands_ds, parts).to_arrow_refs()
+        del bands_ds
+        candidates = candidate_keys.remote(*pair_refs)
+        shingles = ds.map_batches(shingle_rows, batch_format="pyarrow",
+                                  fn_kwargs={"ranks": ranks, "candidates": candidates, "ngram": self.ngram})
+        drops, counts = clusters.remote(pair_refs, shingles.to_arrow_refs(), self.threshold)
+        c = ray.get(counts)
+        print(f"{self.name}: {c['candidate_pairs']:,} candidate pairs, {c['verified_pairs']:,} at Jaccard >= "
+              f"{self.threshold}: {c['near_duplicates']:,} near-duplicates of {c['clusters']:,} reviews",
+              file=sys.stderr)
+        of, similarity = self._columns
+        return ds.map_batches(attach, batch_format="pyarrow",
+                              fn_kwargs={"ranks": ranks, "drops": drops, "of": of, "similarity": similarity})
+
+    def apply(self, batch):
+        of, similarity = self._columns
+        if of not in batch.column_names:
+            raise RuntimeError("near_dedup needs NearDedup.prepare(dataset) to run before the filter stage")
+        keep = pc.is_null(batch[of]).to_numpy(zero_copy_only=False)
+        return keep, {"near_duplicate_of": batch[of], "near_similarity": batch[similarity]}
+

@@ -1,0 +1,121 @@
+"""near_dedup: MinHash LSH against an exact all-pairs Jaccard oracle, clusters, any layout of the input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+from reviewlm.filters.near_dedup import NearDedup, components, jaccard, lsh_params, ngrams, words
+from reviewlm.filters.recipe import parse_recipe
+from reviewlm.filters.stage import filter_reviews
+from reviewlm.synth import synth_rows
+
+from tests.conftest import run_cli
+
+THRESHOLD = 0.8
+
+
+def test_normalization_and_ngrams():
+    assert words(pa.array(["Nike's GREAT shoes!!", "ﬁt, well-made", None])) == [
+        ["nike", "s", "great", "shoes"], ["fit", "well", "made"], None]
+    assert ngrams(["a", "b", "c"], 2) == ["a b", "b c"]
+    assert ngrams(["a", "b"], 5) == ["a b"] and ngrams([], 5) == []
+
+
+def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
+    bands, rows = lsh_params(0.8, 128)
+    assert (bands, rows) == (18, 7) and 1 - (1 - 0.8**rows) ** bands >= 0.95
+    assert 1 - (1 - 0.8 ** (rows + 1)) ** (128 // (rows + 1)) < 0.95  # one more row per band would not
+    assert NearDedup(threshold=0.9).bands == lsh_params(0.9, 128)[0]
+    with pytest.raises(ValueError, match="at most num_perm"):
+        NearDedup(num_perm=64, bands=10, rows=8)
+
+
+def test_components_are_transitive_and_rooted_at_the_smallest():
+    pairs = np.array([[3, 1], [4, 3], [6, 5], [2, 6]])
+    assert components(pairs, 7).tolist() == [0, 1, 2, 1, 1, 2, 2]
+    assert jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == 0.5
+
+
+def oracle(texts: list[str], n: int = 5) -> np.ndarray:
+    """Exact Jaccard of every pair of texts' word n-gram sets, as a dense matrix."""
+    grams = [set(ngrams(w, n)) for w in words(pa.array(texts))]
+    vocab = {g: i for i, g in enumerate(sorted(set().union(*grams)))}
+    rows = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
+    cols = np.array([vocab[g] for gs in grams for g in gs])
+    x = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(grams), len(vocab)))
+    both = (x @ x.T).toarray()
+    sizes = np.array([len(g) for g in grams])
+    return both / (sizes[:, None] + sizes[None, :] - both)
+
+
+@pytest.mark.slow
+def test_against_an_exact_all_pairs_oracle(ray_cluster, tmp_path):
+    """3,000 template reviews of 20-80 words, 15% re-posted with one edit (a word, a tail,
+    case, sentence order): the rows the job drops against the pairs the oracle finds."""
+    table = synth_rows(3000, seed=7, min_words=20, max_words=80, near_copies=0.15)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    filter_reviews([str(tmp_path / "in.jsonl")], str(tmp_path / "out"), recipe=parse_recipe("near_dedup"))
+    rejected = pd.read_parquet(tmp_path / "out" / "rejected")
+    position = {rid: i for i, rid in enumerate(table["id"].to_pylist())}
+    dropped = np.zeros(len(position), dtype=bool)
+    dropped[[position[r] for r in rejected["id"]]] = True
+
+    sim = np.tril(oracle(table["text"].to_pylist()), k=-1)  # sim[j, i]: row j with an earlier row i
+    best_earlier = sim.max(axis=1)
+    must = best_earlier >= THRESHOLD + 0.05
+    recall = dropped[must].mean()
+    false_drops = (dropped & (best_earlier < THRESHOLD - 0.2)).sum() / dropped.sum()
+    assert must.sum() > 250 and recall >= 0.98, (must.sum(), recall)
+    assert false_drops == 0, false_drops
+    # Every dropped row names an earlier row, and its similarity is the exact Jaccard with it.
+    for rid, of, s in zip(rejected["id"], rejected["near_duplicate_of"], rejected["near_similarity"]):
+        j, i = position[rid], position[of]
+        assert i < j and s == pytest.approx(oracle([table["text"][j].as_py(), table["text"][i].as_py()])[0, 1])
+    assert (rejected["dropped_by"] == "near_dedup").all()
+    assert (rejected["near_similarity"] >= THRESHOLD - 0.2).all()
+
+
+CHAIN = [" ".join(f"w{k}" for k in range(start, start + 50)) for start in (1, 4, 7)]  # J 0.88, 0.88; A~C 0.77
+
+
+@pytest.mark.slow
+def test_same_clusters_from_one_file_or_eight_one_cpu_or_two_s3_and_annotate(ray_cluster, s3, tmp_path):
+    """A transitive chain (A~B, B~C, A and C below the threshold) is one cluster kept at A; the
+    kept rows are the same from one S3 file, eight local files, and the CLI on one CPU."""
+    table = synth_rows(800, seed=11, min_words=20, max_words=60, near_copies=0.2)
+    rows = table.to_pylist()
+    for k, text in enumerate(CHAIN):
+        rows[100 + 300 * k]["text"] = text
+    lines = [json.dumps(r) + "\n" for r in rows]
+    s3.pipe("reviews/near/all.jsonl", "".join(lines).encode())
+    for s in range(8):
+        (tmp_path / "eight").mkdir(exist_ok=True)
+        (tmp_path / "eight" / f"part-{s}.jsonl").write_text("".join(lines[s * 100:(s + 1) * 100]))
+    recipe = parse_recipe("all:\n  - non_null\n  - near_dedup: {threshold: 0.8}\n")
+    filter_reviews(["s3://reviews/near/all.jsonl"], "s3://reviews/near-out", recipe=recipe)
+    filter_reviews([str(tmp_path / "eight")], str(tmp_path / "out8"), recipe=recipe)
+    (tmp_path / "r.yaml").write_text("all:\n  - non_null\n  - near_dedup\n")
+    res = run_cli("filter", tmp_path / "eight", "--output", tmp_path / "cli", "--recipe", tmp_path / "r.yaml",
+                  "--num-cpus", 1, env={"AWS_ENDPOINT_URL": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "near-duplicates" in res.stderr
+
+    def kept(uri):
+        return sorted(pd.read_parquet(f"{uri}/kept")["id"])
+
+    whole = kept("s3://reviews/near-out")
+    assert whole == kept(str(tmp_path / "out8")) == kept(str(tmp_path / "cli"))
+    assert len(whole) < 800 - 100  # the near-copies are gone
+    rejected = pd.read_parquet(tmp_path / "out8" / "rejected").set_index("id")
+    a, b, c = (rows[100 + 300 * k]["id"] for k in range(3))
+    assert a in whole and rejected.loc[b, "near_duplicate_of"] == a == rejected.loc[c, "near_duplicate_of"]
+    assert rejected.loc[c, "near_similarity"] == pytest.approx(40 / 52)
+
+    stats = filter_reviews([str(tmp_path / "eight")], str(tmp_path / "ann"), mode="annotate",
+                           recipe=parse_recipe("all:\n  - dedup\n  - near_dedup\n")).to_json()
+    annotated = pd.read_parquet(tmp_path / "ann" / "kept")
+    assert len(annotated) == 800 and stats["would_keep"] == len(whole) == int(annotated["keep"].sum())
+    assert (annotated["near_duplicate_of"].notna() == ~annotated["keep"]).all()
