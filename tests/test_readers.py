@@ -87,8 +87,10 @@ def test_jsonl_quarantines_invalid_lines():
 def test_json_array_and_broken_json_file():
     out = rows(read_json_array, json.dumps([{"text": "a"}, "x", {"text": "b"}]).encode())
     assert [r["_error"] is None for r in out] == [True, False, True]
-    out = rows(read_json_array, b'[{"text": "a"},')
-    assert len(out) == 1 and "invalid JSON file" in out[0]["_error"]
+    out = rows(read_json_array, b'[{"text": "a"},')  # streamed: what came before the break is read
+    assert out[0]["text"] == "a" and len(out) == 2 and "invalid JSON file after element 1" in out[1]["_error"]
+    out = rows(read_json_array, b'{"text": "a"}')
+    assert len(out) == 1 and "must hold an array of objects" in out[0]["_error"]
 
 
 def test_parquet_rows_and_corrupt_file():

@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
-    names = ("address", "num_cpus", "verbose", "split_mb") + (("overwrite",) if overwrite else ())
+    names = ("address", "num_cpus", "verbose", "split_mb", "delimiter", "encoding")
+    names += ("overwrite",) if overwrite else ()
     add_options(p, RunOptions, only=names)
 
 

@@ -10,6 +10,7 @@ with one line (the CLI's own parser), so the few lines below build them.
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -67,9 +68,17 @@ def from_options(cls, namespace: argparse.Namespace, **given):
 SPLIT_MB = 64  # files larger than this many MB are read in ranges (see reviewlm.io.readers.split_file)
 
 
+def delimiter(value: str) -> str:
+    """One field-separator character; `\\t` (as typed in a shell) is a tab."""
+    value = {"\\t": "\t", "tab": "\t"}.get(value, value)
+    if len(value) != 1 or value in "\"\r\n":
+        raise argparse.ArgumentTypeError(f"a delimiter is one character other than a quote or newline, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """Where a job runs, how it splits its reads and what it may replace: the same for every job."""
+    """Where a job runs, how it reads its inputs and what it may replace: the same for every job."""
 
     address: str | None = option(None, help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     num_cpus: int | None = option(None, help="CPUs of a local Ray (default: all cores)")
@@ -77,11 +86,24 @@ class RunOptions:
     verbose: bool = option(False, help="show Ray's own log lines on the console too")
     split_mb: float = option(SPLIT_MB, help="plain JSONL/CSV/TSV and Parquet files larger than this many MB are read "
                                       "by several tasks, cut at record boundaries (compressed files: one task)")
+    delimiter: str | None = option(None, type=delimiter, help="CSV/TSV field separator, e.g. ';' or '|' or '\\t' "
+                                                             "(default: from the extension, ',' or tab)")
+    encoding: str = option("utf-8", help="text encoding of the inputs, any Python codec: cp1252, latin-1, utf-16… "
+                                         "(a UTF-8 byte-order mark is skipped)")
     arguments: dict = field(default_factory=dict)  # what the output's manifest records (secrets masked)
 
     def __post_init__(self):
         if not self.split_mb > 0:
             raise UsageError(f"{{o}} must be positive, not {self.split_mb}", o="split_mb")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise UsageError(f"{{o}}: unknown encoding {self.encoding!r}", o="encoding") from None
+        if self.delimiter is not None:
+            try:
+                delimiter(self.delimiter)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"{{o}}: {exc}", o="delimiter") from None
 
     @property
     def split_bytes(self) -> int:

@@ -7,7 +7,7 @@ data did, not how long each model trained.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.recipe import load_recipe
@@ -43,7 +43,7 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
     if not args.inputs and not synth_rows:
         raise UsageError("give INPUT files, or {o} to synthesize a corpus", o="demo")
     out = OutputDir(base, "pipeline", run.overwrite).prepare()
-    stage = RunOptions(address=run.address, num_cpus=run.num_cpus, verbose=run.verbose)  # each stage writes anew
+    stage = replace(run, overwrite=False)  # each stage writes anew, read and run as the pipeline was told
     started, stages = time.time(), 5 + bool(synth_rows)
     step = iter(range(1, stages + 1))
     with out:

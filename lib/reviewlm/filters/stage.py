@@ -8,6 +8,7 @@ the first step that dropped it (`dropped_by`) and every score computed for it.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -17,13 +18,15 @@ import pyarrow.compute as pc
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
-from reviewlm.io.readers import CANONICAL, Columns, check_inputs, read_reviews
+from reviewlm.io.readers import CANONICAL, Columns, check_inputs, quarantine_hint, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
 from reviewlm.runtime import init_ray
 
 ROW_FIELDS = [f for f in CANONICAL if not f.name.startswith("_")]
+ERROR_KIND = "_error_kind"  # a quarantine error with its numbers as N, counted per kind
+QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
 QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
                                ("raw", pa.string()), ("error", pa.string())])
 
@@ -63,7 +66,8 @@ def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
     if mode == "annotate":
         batch = batch.append_column("keep", pa.array(alive))
     batch = batch.rename_columns({"_row": "row", "_raw": "raw", "_error": "error"})
-    return batch.append_column("_route", pa.array(route))
+    kind = pc.replace_substring_regex(batch["error"], pattern=r"([\s(])\d+", replacement=r"\1N")  # counted by kind
+    return batch.append_column(ERROR_KIND, kind).append_column("_route", pa.array(route))
 
 
 def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
@@ -127,7 +131,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
     names = [s.name for s in recipe.conjuncts()]
     if len(set(names)) != len(names):
         raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
-    source = check_inputs(inputs, columns, fmt)
+    source = check_inputs(inputs, columns, fmt, delimiter=run.delimiter, encoding=run.encoding)
     out = OutputDir(output, "filter", run.overwrite).prepare()
     with out:
         started = time.time()
@@ -140,18 +144,33 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         # would keep Ray Data from fusing the read into this step and the write.
         ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
                             batch_format="pyarrow", batch_size=None)
-        sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_column="dropped_by")
+        sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_columns=("dropped_by", ERROR_KIND))
         ds.write_datasink(sink)
         stats = _stats(recipe, mode, sink.result, time.time() - started, ray_start)
         if stats.rows_read == 0:
             raise UsageError(f"input has no rows: {', '.join(f.uri for f in source.files[:3])}")
+        _check_quarantine(stats, sink.result["counted"][ERROR_KIND], source)
         counts = {k: getattr(stats, k) for k in ("rows_read", "kept", "rejected", "quarantined")}
         out.commit(run.arguments, fingerprints(source), counts, {"stats.json": stats.to_json()})
         return stats
 
 
+def _check_quarantine(stats: FilterStats, errors: dict[str, int], source) -> None:
+    """No success on nothing: a UsageError when every row was quarantined, a warning line when
+    more than `QUARANTINE_WARN` of them were; both name the commonest error and its likely fix."""
+    if not stats.quarantined or stats.quarantined <= QUARANTINE_WARN * stats.rows_read:
+        return
+    error, n = max(errors.items(), key=lambda kv: kv[1])
+    what = f'{n:,} with "{error}": {quarantine_hint(error)}'
+    if stats.quarantined == stats.rows_read:
+        raise UsageError(f"nothing in {source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''} "
+                         f"could be read: all {stats.rows_read:,} rows quarantined, {what}")
+    print(f"reviewlm: warning: {stats.quarantined:,} of {stats.rows_read:,} rows quarantined, {what}",
+          file=sys.stderr)
+
+
 def _stats(expr: Expr, mode: str, result: dict, wall: float, ray_start: float) -> FilterStats:
-    rows, dropped = result["rows"], result["counted"]
+    rows, dropped = result["rows"], result["counted"]["dropped_by"]
     kept, rejected = rows.get("kept", 0), rows.get("rejected", 0)
     parsed = kept + rejected
     return FilterStats(rows_read=parsed + rows.get("quarantine", 0), kept=kept, rejected=rejected,

@@ -9,13 +9,16 @@ its file) and `_raw`/`_error`, set only for quarantined records. Nothing is drop
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
 
+import ijson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -167,15 +170,38 @@ def _lines(f, offset: int = 0, chunk: int = 1 << 20) -> Iterator[tuple[int, byte
         yield offset, rest
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, encoding: str = "utf-8") -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise ParseError(f"invalid UTF-8 at byte {exc.start}") from None
+        name = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+        raise ParseError(f"invalid {name} at byte {exc.start}") from None
 
 
-def _raw_text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="backslashreplace")
+def _raw_text(raw: bytes, encoding: str = "utf-8") -> str:
+    return raw.decode(encoding, errors="backslashreplace")
+
+
+def ascii_compatible(encoding: str) -> bool:
+    """Whether newlines, quotes and delimiters are single ASCII bytes in `encoding` (UTF-8,
+    latin-1, cp1252…), so records can be found in its bytes (not so UTF-16 or UTF-32)."""
+    return '\n",;|\t{}[]'.encode(encoding) == b'\n",;|\t{}[]'
+
+
+class Utf8Stream:
+    """A binary stream in an encoding that is not ASCII-compatible, read as UTF-8 bytes."""
+
+    def __init__(self, f, encoding: str):
+        self._text = codecs.getreader(encoding)(f)
+
+    def close(self) -> None:
+        self._text.close()
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._text.read(size).encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"invalid {exc.encoding} in the file: {exc.reason}") from None
 
 
 def _line_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
@@ -234,16 +260,16 @@ def _content(records, end: int | None = None) -> Iterator[tuple[int, bytes]]:
 
 
 def read_delimited(f, batcher: _Batcher, delimiter: str, start: int = 0, end: int | None = None,
-                   row: int = 1) -> Iterator[pa.Table]:
+                   row: int = 1, encoding: str = "utf-8") -> Iterator[pa.Table]:
     """CSV/TSV records from the one at byte `start` (numbered `row`) to those starting at `end`."""
     header, missing_text = None, False
     if start:  # the header is the file's first record
-        header = [h.strip() for h in _split(_decode(next(_content(_records(_lines(f))))[1]), delimiter)]
+        header = [h.strip() for h in _split(_decode(next(_content(_records(_lines(f))))[1], encoding), delimiter)]
         missing_text = batcher.columns.text not in header
         f.seek(start)
     for number, raw in _content(_records(_lines(f, start), row), end):
         try:
-            text = _decode(raw)
+            text = _decode(raw, encoding)
             values = _split(text, delimiter)
             if header is None:
                 header = [h.strip() for h in values]
@@ -255,46 +281,51 @@ def read_delimited(f, batcher: _Batcher, delimiter: str, start: int = 0, end: in
                 raise ParseError(f"file has no column {batcher.columns.text!r}")
             batcher.add(number, {k: (v if v != "" else None) for k, v in zip(header, values)}, text)
         except (ParseError, csv.Error) as exc:
-            batcher.quarantine(number, _raw_text(raw), str(exc))
+            batcher.quarantine(number, _raw_text(raw, encoding), str(exc))
         if len(batcher) >= BATCH_ROWS:
             yield batcher.flush()
 
 
-def read_jsonl(f, batcher: _Batcher, start: int = 0, end: int | None = None, row: int = 1) -> Iterator[pa.Table]:
+PYTHON_LITERAL = "a Python dict literal, not JSON (as in Amazon's older review dumps)"
+
+
+def read_jsonl(f, batcher: _Batcher, start: int = 0, end: int | None = None, row: int = 1,
+               encoding: str = "utf-8") -> Iterator[pa.Table]:
     """JSONL lines from the one at byte `start` (numbered `row`) to those starting at `end`."""
     if start:
         f.seek(start)
     for number, raw in _content(_line_records(_lines(f, start), row), end):
         try:
-            text = _decode(raw)
+            text = _decode(raw, encoding)
             record = json.loads(text)
             if not isinstance(record, dict):
                 raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
             batcher.add(number, record, text)
         except (ParseError, json.JSONDecodeError) as exc:
-            reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            batcher.quarantine(number, _raw_text(raw), reason)
+            reason = str(exc)
+            if isinstance(exc, json.JSONDecodeError):
+                reason = PYTHON_LITERAL if text.lstrip().startswith("{'") else f"invalid JSON: {exc}"
+            batcher.quarantine(number, _raw_text(raw, encoding), reason)
         if len(batcher) >= BATCH_ROWS:
             yield batcher.flush()
 
 
 def read_json_array(f, batcher: _Batcher) -> Iterator[pa.Table]:
-    raw = f.read().removeprefix(b"\xef\xbb\xbf")
+    """The objects of a JSON array (UTF-8 bytes), parsed as a stream: the file is never held whole."""
+    number = 0
     try:
-        records = json.loads(_decode(raw))
-        if not isinstance(records, list):
-            raise ParseError("a .json input must hold an array of objects (use .jsonl for lines)")
-    except (ParseError, json.JSONDecodeError) as exc:
-        batcher.quarantine(1, _raw_text(raw), f"invalid JSON file: {exc}")
-        yield batcher.flush()
-        return
-    for number, record in enumerate(records, start=1):
-        if isinstance(record, dict):
-            batcher.add(number, record)
-        else:
-            batcher.quarantine(number, json.dumps(record), f"element is a JSON {type(record).__name__}, not an object")
-        if len(batcher) >= BATCH_ROWS:
-            yield batcher.flush()
+        for number, record in enumerate(ijson.items(f, "item", use_float=True), start=1):
+            if isinstance(record, dict):
+                batcher.add(number, record)
+            else:
+                batcher.quarantine(number, json.dumps(record),
+                                   f"element is a JSON {type(record).__name__}, not an object")
+            if len(batcher) >= BATCH_ROWS:
+                yield batcher.flush()
+        if number == 0:
+            raise ParseError("a .json input must hold an array of objects, or one object per line")
+    except (ParseError, ijson.JSONError) as exc:
+        batcher.quarantine(number + 1, "", f"invalid JSON file after element {number}: {exc}")
 
 
 def read_parquet_file(f, batcher: _Batcher, start: int = 0, end: int | None = None,
@@ -374,7 +405,7 @@ def split_file(fs, file: InputFile, size: int) -> list[Piece]:
     that each record is read once, by the piece it starts in, under the same record number
     as when the file is read whole. Compressed files and JSON arrays are one piece."""
     whole = [Piece(file, size=file.size)]
-    if file.size <= size or compressed(file.path) or file.format == "json":
+    if not splittable(file) or file.size <= size:
         return whole
     size = -(-file.size // -(-file.size // size))  # as many pieces as `size` asks for, of equal size
     with fs.open_input_file(file.path) as f:
@@ -389,29 +420,50 @@ def split_file(fs, file: InputFile, size: int) -> list[Piece]:
             for (start, row), end in zip(starts, ends)]
 
 
+def splittable(file: InputFile) -> bool:
+    """Whether a file can be read in byte ranges: not compressed, not a JSON array, and records
+    findable in its bytes (an ASCII-compatible encoding; Parquet always)."""
+    return not compressed(file.path) and file.format != "json" and (
+        file.format == "parquet" or ascii_compatible(file.encoding))
+
+
 def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
     """Every input file's pieces; the files that need cutting are scanned by Ray tasks, in parallel."""
     scan = ray.remote(num_cpus=1)(split_file)
-    found = {f: scan.remote(inputs.filesystem, f, size) for f in inputs.files
-             if f.size > size and f.format != "json" and not compressed(f.path)}
+    found = {f: scan.remote(inputs.filesystem, f, size) for f in inputs.files if f.size > size and splittable(f)}
     return [p for f in inputs.files for p in (ray.get(found[f]) if f in found else [Piece(f, size=f.size)])]
+
+
+def open_text(fs, file: InputFile) -> tuple[object, str]:
+    """A file's bytes to find records in, and the encoding to decode each record with: a file in
+    an encoding that is not ASCII-compatible is read as UTF-8 (`Utf8Stream`), whole."""
+    seekable = file.format == "parquet" or not compressed(file.path)
+    f = fs.open_input_file(file.path) if seekable else fs.open_input_stream(file.path, compression="detect")
+    if file.format == "parquet" or ascii_compatible(file.encoding):
+        return f, file.encoding
+    return Utf8Stream(f, file.encoding), "utf-8"
 
 
 def read_piece(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
     """The canonical rows of one piece of a file."""
     file = piece.file
     batcher = _Batcher(file.uri, columns)
-    seekable = file.format == "parquet" or not compressed(file.path)
     where = (piece.start, piece.end, piece.row)
-    with (fs.open_input_file(file.path) if seekable else fs.open_input_stream(file.path, compression="detect")) as f:
+    f, encoding = open_text(fs, file)
+    try:
         if file.format in ("csv", "tsv"):
-            yield from read_delimited(f, batcher, "," if file.format == "csv" else "\t", *where)
+            yield from read_delimited(f, batcher, file.separator, *where, encoding=encoding)
         elif file.format == "jsonl":
-            yield from read_jsonl(f, batcher, *where)
+            yield from read_jsonl(f, batcher, *where, encoding=encoding)
         elif file.format == "json":
-            yield from read_json_array(f, batcher)
+            utf8 = codecs.lookup(encoding).name == "utf-8"
+            yield from read_json_array(Utf8Stream(f, "utf-8-sig" if utf8 else encoding), batcher)
         else:
             yield from read_parquet_file(f, batcher, *where)
+    except ParseError as exc:  # the stream itself cannot be decoded any further
+        batcher.quarantine(0, "", str(exc))
+    finally:
+        f.close()
     if len(batcher):
         yield batcher.flush()
 
@@ -433,30 +485,31 @@ class ReviewDatasource(Datasource):
                 for p in self.pieces]
 
 
-def _first_columns(fs, path: str, fmt: str) -> list[str] | None:
+def _first_columns(fs, file: InputFile) -> list[str] | None:
     """Column names of a file from its header, schema or first record (None if unknown)."""
-    if fmt == "parquet":
-        with fs.open_input_file(path) as f:
+    if file.format == "parquet":
+        with fs.open_input_file(file.path) as f:
             try:
                 return pq.ParquetFile(f).schema_arrow.names
             except pa.ArrowInvalid:  # the reader quarantines the file
                 return None
-    with fs.open_input_stream(path, compression="detect") as f:
-        if fmt in ("csv", "tsv"):
-            for _, raw in _content(_records(_lines(f))):
-                try:
-                    header = _split(_decode(raw), "," if fmt == "csv" else "\t")
-                except (ParseError, csv.Error):
-                    return None
-                return [h.strip() for h in header]
-        elif fmt == "jsonl":
-            for _, raw in _content(_line_records(_lines(f))):
-                try:
-                    record = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                if isinstance(record, dict):
-                    return list(record)
+    with fs.open_input_stream(file.path, compression="detect") as f:
+        stream, encoding = (f, file.encoding) if ascii_compatible(file.encoding) else \
+            (Utf8Stream(f, file.encoding), "utf-8")
+        try:
+            if file.format in ("csv", "tsv"):
+                for _, raw in _content(_records(_lines(stream))):
+                    return [h.strip() for h in _split(_decode(raw, encoding), file.separator)]
+            elif file.format == "jsonl":
+                for _, raw in _content(_line_records(_lines(stream))):
+                    try:
+                        record = json.loads(_decode(raw, encoding))
+                    except (ValueError, ParseError):
+                        continue
+                    if isinstance(record, dict):
+                        return list(record)
+        except (ParseError, csv.Error):
+            return None
     return None
 
 
@@ -466,26 +519,51 @@ def check_columns(inputs: Inputs, required: list[tuple[str, str]]) -> None:
     for f in inputs.files:
         if f.format in checked or f.size == 0 or f.format == "json":
             continue
-        names = _first_columns(inputs.filesystem, f.path, f.format)
+        names = _first_columns(inputs.filesystem, f)
         if names is None:
             continue
         checked.add(f.format)
         missing = [(field, c) for field, c in required if c not in names]
         if missing:
             field, column = missing[0]
+            other = [d for d in (";", "\t", "|", ",") if len(names) == 1 and d in names[0]]
+            if other:  # one column whose name holds another separator: the delimiter is wrong
+                raise UsageError(f"{f.uri} has one column {names[0][:60]!r}: its fields are separated by "
+                                 f"{other[0]!r}, not {f.separator!r}: pass {{o}} {other[0]!r}", o="delimiter")
             raise UsageError(f"no {field.replace('_', ' ')} column {column!r} in {f.uri} "
                              f"(columns: {', '.join(names[:12])}): pass {{o}}", o=f"{field}_column")
 
 
 def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None = None,
-                 need_rating: bool = False) -> Inputs:
-    """Expand and check the inputs without Ray (UsageError when they cannot be read)."""
-    inputs = expand_inputs(uris, fmt)
+                 need_rating: bool = False, *, delimiter: str | None = None, encoding: str = "utf-8") -> Inputs:
+    """Expand and check the inputs without Ray (UsageError when they cannot be read); say which
+    `.json` files are read as JSON Lines."""
+    inputs = expand_inputs(uris, fmt, delimiter, encoding)
+    sniffed = [f.uri for f in inputs.files if f.sniffed]
+    if sniffed:
+        more = f" and {len(sniffed) - 1} more" if len(sniffed) > 1 else ""
+        print(f"reading {sniffed[0]}{more} as JSON Lines: the first line is a whole JSON object "
+              "(--format json reads a file as one array)", file=sys.stderr)
     try:
         check_columns(inputs, columns.required(need_rating))
     except OSError as exc:
         raise UsageError(f"cannot read {inputs.files[0].uri}: {storage_error(exc)}") from None
     return inputs
+
+
+def quarantine_hint(error: str) -> str:
+    """What most likely made rows with this quarantine error unreadable, and the flag that fixes it."""
+    if error.startswith("invalid") and " at byte " in error or "in the file" in error:
+        return "the input is in another encoding: pass --encoding (cp1252, latin-1, utf-16…)"
+    if error.startswith("expected ") and " fields" in error:
+        return "the fields are separated by another character: pass --delimiter (';', '|', '\\t')"
+    if error.startswith(("invalid JSON", "line is a JSON", "element is a JSON")):
+        return "the input is in another format: pass --format (jsonl, json, csv, tsv, parquet)"
+    if error.startswith("file has no column"):
+        return "its header was not read as written: check --encoding, --delimiter and the column flags"
+    if error == PYTHON_LITERAL:
+        return "convert the file to JSON Lines first (README: real dumps as they are published)"
+    return "see quarantine/ for the raw records and their errors"
 
 
 def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES) -> ray.data.Dataset:

@@ -20,28 +20,28 @@ class RoutedParquetSink(Datasink):
 
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
-    wrote per route and the counts of the (non-null) values in `count_column`.
+    wrote per route and, for each of `count_columns`, the counts of its non-null values.
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
-                 count_column: str | None = None, prefix: str = ""):
+                 count_columns: tuple[str, ...] = (), prefix: str = ""):
         self.base_uri, self.routes, self.prefix = base_uri.rstrip("/"), routes, prefix
-        self.route_column, self.count_column = route_column, count_column
-        self.result = {"rows": {}, "counted": {}}
+        self.route_column, self.count_columns = route_column, count_columns
+        self.result = {"rows": {}, "counted": {c: {} for c in count_columns}}
 
     def write(self, blocks, ctx) -> dict:
         fs, base = filesystem(self.base_uri)
         afs = arrow_filesystem(fs)
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter = Counter()
-        counted: Counter = Counter()
+        counted = {c: Counter() for c in self.count_columns}
         tag = f"{self.prefix}{ctx.task_idx:05d}"
         try:
             for block in blocks:
                 if block.num_rows == 0:  # e.g. from an empty input file: no columns to route on
                     continue
-                if self.count_column:
-                    counted.update(v for v in block[self.count_column].to_pylist() if v is not None)
+                for c in self.count_columns:
+                    counted[c].update(v for v in block[c].to_pylist() if v is not None)
                 for route, schema in self.routes.items():
                     part = block.filter(pc.equal(block[self.route_column], route))
                     if part.num_rows == 0:
@@ -59,15 +59,16 @@ class RoutedParquetSink(Datasink):
         finally:
             for w in writers.values():
                 w.close()  # a no-op when closed
-        return {"rows": dict(rows), "counted": dict(counted)}
+        return {"rows": dict(rows), "counted": counted}
 
     def on_write_complete(self, write_result):
         rows: Counter = Counter()
-        counted: Counter = Counter()
+        counted = {c: Counter() for c in self.count_columns}
         for r in write_result.write_returns:
             rows.update(r["rows"])
-            counted.update(r["counted"])
-        self.result = {"rows": dict(rows), "counted": dict(counted)}
+            for c in self.count_columns:
+                counted[c].update(r["counted"][c])
+        self.result = {"rows": dict(rows), "counted": {c: dict(n) for c, n in counted.items()}}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -21,6 +21,7 @@ _EXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jso
                 ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
 SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+SNIFF_BYTES = 1 << 20  # of a .json file, read to tell JSON Lines from an array
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -59,12 +60,31 @@ def infer_format(path: str) -> str | None:
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: its path on its filesystem, its full URI, format and size."""
+    """One input file: its path on its filesystem, its full URI, format and size, and how its
+    text is read: the CSV/TSV `delimiter`, the `encoding`, and whether its format was `sniffed`
+    from its first line rather than taken from its extension."""
 
     path: str
     uri: str
     format: str
     size: int
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    sniffed: bool = False
+
+    @property
+    def separator(self) -> str:
+        """The CSV/TSV field separator: the one given, else ',' (csv) or a tab (tsv)."""
+        return self.delimiter or ("\t" if self.format == "tsv" else ",")
+
+
+def sniff_json(fs: fsspec.AbstractFileSystem, path: str, encoding: str) -> str:
+    """jsonl for a .json file whose first line holds an object, not just its opening brace (JSON
+    Lines, as the Yelp and Amazon dumps are published; a broken line is then quarantined on its
+    own), else json (an array or one pretty-printed document)."""
+    with fs.open(path, "rb", compression="infer") as fh:
+        head = fh.read(SNIFF_BYTES).decode(encoding, errors="ignore").lstrip("\ufeff \t\r\n")
+    return "jsonl" if head.startswith("{") and head.split("\n", 1)[0].strip() != "{" else "json"
 
 
 @dataclass(frozen=True)
@@ -95,8 +115,10 @@ def files_under(fs: fsspec.AbstractFileSystem, path: str) -> list[str] | None:
     return [path] if fs.isfile(path) else None
 
 
-def expand_inputs(inputs: list[str], fmt: str | None = None) -> Inputs:
-    """Expand files, directories, globs and s3:// URIs into the readable files.
+def expand_inputs(inputs: list[str], fmt: str | None = None, delimiter: str | None = None,
+                  encoding: str = "utf-8") -> Inputs:
+    """Expand files, directories, globs and s3:// URIs into the readable files; a `.json` file
+    is sniffed (`sniff_json`) unless `fmt` is given.
 
     Raises UsageError for a missing path or bucket, an unknown format, inputs on two
     filesystems, or no files at all.
@@ -117,7 +139,12 @@ def expand_inputs(inputs: list[str], fmt: str | None = None) -> Inputs:
             f = fmt or infer_format(p)
             if f is None:
                 raise UsageError(f"cannot tell the format of {full_uri(fs, p)}: pass {{o}}", o="format")
-            files.append(InputFile(p, full_uri(fs, p), f, int(fs.size(p) or 0)))
+            size = int(fs.size(p) or 0)
+            try:
+                sniffed = f == "json" and not fmt and size > 0 and sniff_json(fs, p, encoding) == "jsonl"
+            except OSError as exc:
+                raise UsageError(f"cannot read input {full_uri(fs, p)}: {storage_error(exc)}") from None
+            files.append(InputFile(p, full_uri(fs, p), "jsonl" if sniffed else f, size, delimiter, encoding, sniffed))
     if not files:
         raise UsageError("no input files given")
     if all(f.size == 0 for f in files):

@@ -80,7 +80,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
     paths = {name: resolve_model(ref) for name, ref in models.items()}  # fails fast; actors resolve again
     classes = {name: S.class_names(AutoConfig.from_pretrained(path), task)
                for name, path in paths.items()} if task != "mlm" else {}
-    texts = check_inputs(corpus, columns) if corpus else None
+    texts = check_inputs(corpus, columns, delimiter=run.delimiter, encoding=run.encoding) if corpus else None
     extras = {"train": read_json(args.train_metrics) if args.train_metrics else None,
               "filter": read_json(args.filter_stats) if args.filter_stats else None}
     out = OutputDir(output, "score", run.overwrite).prepare()

@@ -167,7 +167,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
 
     if (args.task == "classify") != bool(columns.label):
         raise UsageError("the classify task needs {o} (and only it reads one)", o="label_column")
-    data_in = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars")
+    data_in = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars", delimiter=run.delimiter,
+                           encoding=run.encoding)
     model_path = resolve_model(args.model)
     out = OutputDir(output, "train", run.overwrite).prepare(resume=args.resume)
     started = time.time()
