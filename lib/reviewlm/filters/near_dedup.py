@@ -35,12 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.aggregate import Count, Min
 
 from reviewlm.filters.base import Filter
 
 SEED = 1  # MinHash permutations and band hashes: fixed, so they agree across workers and runs
 KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
+PARTITION_BYTES = 32 << 20  # band rows per shuffle partition: a quarter of Ray Data's block size
 
 
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.95) -> tuple[int, int]:
@@ -101,14 +101,23 @@ def band_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, bands:
     return pa.table({BAND: pa.array(h.ravel()), KEY: pa.array(np.repeat(keys[kept], bands))})
 
 
-def candidate_pairs(bands_ds: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
-    """(row key, key of the first row of a bucket it shares) for every bucket of two or more rows."""
-    buckets = (bands_ds.groupby(BAND).aggregate(Min(KEY, alias_name=FIRST), Count(alias_name="_n"))
-               .map_batches(lambda b: b.filter(pc.greater(b["_n"], 1)).drop_columns(["_n"]),
-                            batch_format="pyarrow"))
-    pairs = bands_ds.join(buckets, join_type="inner", num_partitions=num_partitions, on=(BAND,))
-    return pairs.map_batches(lambda b: b.filter(pc.not_equal(b[KEY], b[FIRST])).select([KEY, FIRST]),
-                             batch_format="pyarrow")
+def star_pairs(block: pa.Table) -> pa.Table:
+    """(row key, key of its bucket's first row) for the rows of every bucket of two or more in
+    `block`, which holds whole buckets."""
+    bands, keys = block[BAND].to_numpy(), block[KEY].to_numpy()
+    order = np.lexsort((keys, bands))
+    bands, keys = bands[order], keys[order]
+    starts = np.flatnonzero(np.r_[True, bands[1:] != bands[:-1]])
+    first = np.repeat(keys[starts], np.diff(np.r_[starts, len(bands)]))
+    member = first != keys
+    return pa.table({KEY: pa.array(keys[member]), FIRST: pa.array(first[member])})
+
+
+def candidate_pairs(bands_ds: ray.data.Dataset, partitions: int) -> ray.data.Dataset:
+    """(row key, key of the first row of a bucket it shares) for every bucket of two or more rows:
+    one hash shuffle puts each bucket in one block."""
+    return (bands_ds.repartition(partitions, keys=[BAND])
+            .map_batches(star_pairs, batch_format="pyarrow", batch_size=None))
 
 
 def _unique_pairs(blocks: list[pa.Table]) -> np.ndarray:
@@ -125,13 +134,27 @@ def candidate_keys(*blocks: pa.Table) -> np.ndarray:
     return np.unique(_unique_pairs(list(blocks)))
 
 
-def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: np.ndarray, ngram: int) -> pa.Table:
-    """The candidate rows of a batch with their id and the sorted 64-bit hashes of their n-grams."""
+_WORDS: dict[str, int] = {}
+_GRAM_MIX = np.random.default_rng(SEED + 1).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
+
+
+def gram_hashes(tokens: list[str], n: int) -> np.ndarray:
+    """The distinct 64-bit hashes of the word n-grams of `tokens` (as `ngrams` cuts them), sorted:
+    each word hashed once (blake2b, cached), an n-gram as a multilinear mix of its words' hashes."""
+    if len(_WORDS) > 1_000_000:
+        _WORDS.clear()
+    h = np.array([_WORDS.get(w) or _WORDS.setdefault(w, int.from_bytes(
+        hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")) for w in tokens], dtype=np.uint64)
+    width = min(n, len(h))
+    grams = sum(h[k:len(h) - width + 1 + k] * _GRAM_MIX[k] for k in range(width))
+    return np.unique(grams) if width else np.empty(0, np.uint64)
+
+
+def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: ray.ObjectRef, ngram: int) -> pa.Table:
+    """The candidate rows of a batch with their id and the sorted hashes of their n-grams."""
     keys = row_keys(batch, ranks)
     pick = _usable(batch) & np.isin(keys, _get(candidates))
-    hashes = [sorted({int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little")
-                      for g in ngrams(tokens, ngram)})
-              for tokens in words(batch["text"].filter(pa.array(pick)))]
+    hashes = [gram_hashes(tokens, ngram) for tokens in words(batch["text"].filter(pa.array(pick)))]
     return pa.table({KEY: pa.array(keys[pick]), "id": batch["id"].filter(pa.array(pick)),
                      "grams": pa.array(hashes, pa.list_(pa.uint64()))})
 
@@ -164,7 +187,7 @@ def clusters(pair_refs: list, shingle_refs: list, threshold: float) -> tuple[pa.
     pairs = _unique_pairs(ray.get(pair_refs))
     rows = pa.concat_tables(ray.get(shingle_refs)).sort_by(KEY)
     keys = rows[KEY].to_numpy()
-    grams = [np.asarray(g, dtype=np.uint64) for g in rows["grams"].to_pylist()]
+    grams = [g.values.to_numpy() for g in rows["grams"]]
     a, b = np.searchsorted(keys, pairs[:, 0]), np.searchsorted(keys, pairs[:, 1])
     verified = np.array([jaccard(grams[i], grams[j]) >= threshold for i, j in zip(a, b)], dtype=bool)
     root = components(np.stack([a[verified], b[verified]], axis=1), len(keys))
@@ -207,6 +230,8 @@ class NearDedup(Filter):
             raise ValueError("threshold must be in (0, 1]")
         if ngram < 1 or num_perm < 1:
             raise ValueError("ngram and num_perm must be at least 1")
+        if ngram > len(_GRAM_MIX):
+            raise ValueError(f"ngram must be at most {len(_GRAM_MIX)}")
         if (bands is None) != (rows is None):
             raise ValueError("give both bands and rows, or neither")
         if bands is None:
@@ -222,10 +247,11 @@ class NearDedup(Filter):
 
     def prepare(self, ds: ray.data.Dataset, sources: list[str]) -> ray.data.Dataset:
         ranks = {s: i for i, s in enumerate(sorted(sources))}
-        parts = max(2, int(ray.cluster_resources().get("CPU", 2)))
         bands_ds = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={
             "ranks": ranks, "ngram": self.ngram, "num_perm": self.num_perm, "bands": self.bands,
             "rows": self.rows}).materialize()
+        # Partitions well under Ray Data's block size, so each stays one block of whole buckets.
+        parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-bands_ds.size_bytes() // PARTITION_BYTES))
         pair_refs = candidate_pairs(bands_ds, parts).to_arrow_refs()
         del bands_ds
         candidates = candidate_keys.remote(*pair_refs)
