@@ -16,6 +16,7 @@ ONE_CLI_RUN = pytest.mark.slow
 def files(tmp_path):
     (tmp_path / "ok.csv").write_text("text,rating\nNike shoes are great,5\n")
     (tmp_path / "notext.csv").write_text("body,rating\nNike shoes are great,5\n")
+    (tmp_path / "semicolon.csv").write_bytes("text;rating\nNike shoes are très great;5\n".encode("cp1252"))
     (tmp_path / "notext.jsonl").write_text('{"body": "Nike shoes"}\n')
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "notes.txt").write_text("text\nhello\n")
@@ -47,6 +48,11 @@ CASES = [
     (["filter", "s3://no-such-bucket/reviews/"], "no-such-bucket"),
     (["train", "--data", "{d}/ok.csv", "--model", "{d}/noweights"], "no .safetensors weights"),
     (["train", "--data", "{d}/notext.csv"], "no text column 'text'"),
+    (["train", "--data", "{d}/semicolon.csv"], "its fields are separated by ';', not ',': pass --delimiter ';'"),
+    (["score", "--model", "x=tiny", "--task", "stars", "--corpus", "{d}/semicolon.csv"],
+     "its fields are separated by ';', not ','"),
+    (["filter", "{d}/ok.csv", "--encoding", "klingon"], "--encoding: unknown encoding 'klingon'"),
+    (["filter", "{d}/ok.csv", "--delimiter", ";;"], "a delimiter is one character other than a quote or newline"),
     (["score", "--model", "x=tiny", "--prompts", "{d}/noprompts.txt"], "has no prompts"),
     (["score", "--model", "x={d}/noweights"], "no .safetensors weights"),
     (["synth", "--rows", "0"], "--rows and --shards must be at least 1"),

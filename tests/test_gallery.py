@@ -165,3 +165,21 @@ def test_nothing_readable_is_an_error_with_a_hint_locally_and_on_s3(ray_cluster,
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'reviewlm: warning: 2 of 18 rows quarantined, 2 with "invalid JSON' in res.stderr
     assert json.loads((tmp_path / "some" / "stats.json").read_text())["quarantined"] == 2
+
+
+def test_train_and_score_read_a_semicolon_cp1252_export(tmp_path):
+    """--delimiter and --encoding reach the train job and the score job's corpus too."""
+    rows = ["text;rating"] + [f"Les chaussures Nike sont très {('bien', 'jolies', 'chères')[i % 3]} n°{i};{i % 5 + 1}"
+                              for i in range(120)]
+    (tmp_path / "export.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode("cp1252"))
+    flags = ["--delimiter", ";", "--encoding", "cp1252", "--num-cpus", 2]
+    res = run_cli("train", "--task", "stars", "--data", tmp_path / "export.csv", "--output", tmp_path / "t",
+                  "--model", "tiny", "--max-steps", 2, "--num-workers", 1, *flags, env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert (metrics["rows"]["read"], metrics["rows"]["quarantined"]) == (120, 0)
+    res = run_cli("score", "--task", "stars", "--model", f"s={tmp_path / 't' / 'model'}", "--corpus",
+                  tmp_path / "export.csv", "--output", tmp_path / "s", *flags, env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    stars = json.loads((tmp_path / "s" / "summary.json").read_text())["models"]["s"]["stars"]
+    assert stars["rows"] == 120 and sum(map(sum, stars["confusion_matrix"])) == 120

@@ -13,7 +13,7 @@ TINY = ["--model", "tiny", "--rows", "1500", "--max-steps", "3", "--batch-size",
 
 
 def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path):
-    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--num-cpus", "2", timeout=600)
+    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--num-cpus", "2", "--split-mb", "32", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("[1/6] synthesizing", "[2/6] filtering", "[3/6] fine-tuning v1", "[4/6] fine-tuning v2",
                   "[5/6] scoring", "[6/6] done"):
@@ -29,6 +29,9 @@ def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path):
     assert "Filter funnel" in html and "Training" in html
     for stage in ("corpus", "filter", "train_v1", "train_v2", "score", "."):
         assert (out / stage / "_SUCCESS").exists()
+    for stage in ("filter", "train_v1", "train_v2", "score"):  # the run options reach every stage
+        arguments = json.loads((out / stage / "_SUCCESS").read_text())["arguments"]
+        assert arguments["split_mb"] == 32.0 and arguments["num_cpus"] == 2, stage
     assert_readable(res.stdout + res.stderr)
 
 

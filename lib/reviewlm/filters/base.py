@@ -47,10 +47,10 @@ class Filter(Expr):
         """Decide for every row of `batch`; return (keep-mask, score columns)."""
         raise NotImplementedError
 
-    def prepare(self, ds, sources: list[str]):
+    def prepare(self, ds, inputs):
         """The dataset this filter decides on: a filter that needs a pass over all rows first
-        (such as dedup) adds its columns here, once per name in a recipe. `sources` are the
-        input URIs, whose order (then the record number) says which of two rows came first."""
+        (such as dedup) adds its columns here, once per name in a recipe. `inputs` are the job's
+        `Inputs`: their URIs' order (then the record number) says which of two rows came first."""
         return ds
 
     def leaves(self) -> list["Filter"]:

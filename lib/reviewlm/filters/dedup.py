@@ -52,7 +52,7 @@ class Dedup(Filter):
     name = "dedup"
     score_fields = [pa.field("duplicate_of", pa.string())]
 
-    def prepare(self, ds, sources):
+    def prepare(self, ds, inputs):
         return mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
 
     def apply(self, batch):

@@ -139,7 +139,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         ray_start = time.time() - started
         ds = read_reviews(source, columns, run.split_bytes)
         for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
-            ds = leaf.prepare(ds, [f.uri for f in source.files])
+            ds = leaf.prepare(ds, source)
         # One batch per block (at most DataContext.target_max_block_size): a batch_size
         # would keep Ray Data from fusing the read into this step and the write.
         ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},

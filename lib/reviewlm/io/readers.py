@@ -544,6 +544,8 @@ def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None 
         more = f" and {len(sniffed) - 1} more" if len(sniffed) > 1 else ""
         print(f"reading {sniffed[0]}{more} as JSON Lines: the first line is a whole JSON object "
               "(--format json reads a file as one array)", file=sys.stderr)
+    if not ascii_compatible(encoding) and any(f.format != "parquet" for f in inputs.files):
+        print(f"reading each input whole, by one task: {encoding} text is not cut into byte ranges", file=sys.stderr)
     try:
         check_columns(inputs, columns.required(need_rating))
     except OSError as exc:
