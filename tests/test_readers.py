@@ -12,6 +12,7 @@ from reviewlm.io.readers import (
     Columns,
     ParseError,
     _Batcher,
+    clean_rows,
     parse_rating,
     read_delimited,
     read_json_array,
@@ -82,6 +83,39 @@ def test_jsonl_quarantines_invalid_lines():
     assert [(r["_row"], r["_error"] is None) for r in out] == [(1, True), (2, False), (3, False), (4, False), (6, True)]
     assert "invalid JSON" in out[1]["_error"] and "not an object" in out[2]["_error"]
     assert "must be a string, not int" in out[3]["_error"]
+
+
+CLEAN_RUNS = [  # each a run Arrow parses: the rows must be those the line-by-line reader makes
+    ([{"id": "a1", "text": "Nike shoes", "rating": 4, "title": "Great", "brand": "Nike", "product": "shoes",
+       "extra": {"nested": [1, 2]}}, {"id": "", "text": "empty id", "rating": None},
+      {"text": "no id", "title": "Fine"}],
+     Columns()),
+    ([{"review_id": 7, "body": "int ids, float stars", "stars": 5.0}, {"review_id": 8, "body": "x", "stars": 1.0}],
+     Columns(text="body", id="review_id", rating="stars")),
+    ([{"q": "nike shoes", "t": "Nike Air", "l": " Exact "}, {"q": "socks", "t": "Puma tee", "l": "3"},
+      {"q": "hat", "t": "cap", "l": ""}], Columns(text="q", text_pair="t", label="l")),
+    ([{}, {"text": None, "rating": 2}, {"text": "int titles", "title": 12}], Columns()),
+    ([{"text": "int labels", "label": 3}, {"text": "b", "label": 1}], Columns(label="label")),
+]
+
+
+@pytest.mark.parametrize("records, columns", CLEAN_RUNS)
+def test_clean_runs_parsed_by_arrow_equal_the_line_by_line_rows(records, columns):
+    lines = [json.dumps(r) for r in records]
+    expected = _Batcher("src", columns)
+    for number, line in enumerate(lines, start=1):
+        expected.add(number, json.loads(line), line)
+    run = [(n, line.encode() + b"\r") for n, line in enumerate(lines, start=1)]  # CRLF files keep the \r
+    assert clean_rows(run, _Batcher("src", columns)) is not None  # Arrow's path was taken
+    assert rows(read_jsonl, ("\r\n".join(lines) + "\r\n").encode(), columns=columns) == expected.flush().to_pylist()
+
+
+@pytest.mark.parametrize("line", ['{"text": 42}', '{"text": "a", "rating": 7}', '{"text": "a", "rating": 2.5}',
+                                  '{"text": "a", "rating": "4"}', '{"text": "a", "id": true}', '[1, 2]',
+                                  '{"text": "a", "title": 1.5}', '{"text": "a", "id": "2024-01-01"}'])
+def test_runs_arrow_would_read_differently_go_line_by_line(line):
+    run = [(1, b'{"text": "fine", "rating": 3}'), (2, line.encode())]
+    assert clean_rows(run, _Batcher("src", Columns())) is None
 
 
 def test_json_array_and_broken_json_file():

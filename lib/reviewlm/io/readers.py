@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Iterator
 import ijson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import ray
 from ray.data.block import BlockMetadata
@@ -291,23 +293,95 @@ PYTHON_LITERAL = "a Python dict literal, not JSON (as in Amazon's older review d
 
 def read_jsonl(f, batcher: _Batcher, start: int = 0, end: int | None = None, row: int = 1,
                encoding: str = "utf-8") -> Iterator[pa.Table]:
-    """JSONL lines from the one at byte `start` (numbered `row`) to those starting at `end`."""
+    """JSONL lines from the one at byte `start` (numbered `row`) to those starting at `end`.
+
+    Runs of `BATCH_ROWS` lines are parsed by Arrow's JSON reader when every line of the run is a
+    clean record (`clean_rows`); any other run is read line by line, so a broken line is
+    quarantined with its own reason and the rows are the same either way.
+    """
     if start:
         f.seek(start)
-    for number, raw in _content(_line_records(_lines(f, start), row), end):
-        try:
-            text = _decode(raw, encoding)
-            record = json.loads(text)
-            if not isinstance(record, dict):
-                raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
-            batcher.add(number, record, text)
-        except (ParseError, json.JSONDecodeError) as exc:
-            reason = str(exc)
-            if isinstance(exc, json.JSONDecodeError):
-                reason = PYTHON_LITERAL if text.lstrip().startswith("{'") else f"invalid JSON: {exc}"
-            batcher.quarantine(number, _raw_text(raw, encoding), reason)
-        if len(batcher) >= BATCH_ROWS:
-            yield batcher.flush()
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    for run in _runs(_content(_line_records(_lines(f, start), row), end), BATCH_ROWS):
+        table = clean_rows(run, batcher) if utf8 else None
+        if table is not None:
+            yield table
+            continue
+        for number, raw in run:
+            try:
+                text = _decode(raw, encoding)
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
+                batcher.add(number, record, text)
+            except (ParseError, json.JSONDecodeError) as exc:
+                reason = str(exc)
+                if isinstance(exc, json.JSONDecodeError):
+                    reason = PYTHON_LITERAL if text.lstrip().startswith("{'") else f"invalid JSON: {exc}"
+                batcher.quarantine(number, _raw_text(raw, encoding), reason)
+        yield batcher.flush()
+
+
+def _runs(items, size: int) -> Iterator[list]:
+    items = iter(items)
+    while run := list(itertools.islice(items, size)):
+        yield run
+
+
+_AS_STRING = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_null)
+
+
+def clean_rows(run: list[tuple[int, bytes]], batcher: _Batcher) -> pa.Table | None:
+    """The canonical rows of numbered UTF-8 JSON lines parsed by Arrow, or None unless each line is
+    an object whose fields Arrow types as `_Batcher.add` would read them: texts strings, ratings
+    integers 1-5 (or integral floats), ids, labels and the other fields strings or integers."""
+    c = batcher.columns
+    try:
+        table = pajson.read_json(pa.BufferReader(b"\n".join(raw for _, raw in run)),
+                                 read_options=pajson.ReadOptions(use_threads=False, block_size=1 << 30))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(run):
+        return None
+    n = table.num_rows
+
+    def column(name: str | None, ok=_AS_STRING) -> pa.Array | None:
+        if not name or name not in table.column_names:
+            return pa.nulls(n, pa.string())
+        values = table[name].combine_chunks()
+        if not any(test(values.type) for test in ok):
+            return None
+        return values.cast(pa.string()) if not pa.types.is_null(values.type) else pa.nulls(n, pa.string())
+
+    text, pair = column(c.text, _AS_STRING[:2] + _AS_STRING[3:]), column(c.text_pair, _AS_STRING[:2] + _AS_STRING[3:])
+    if text is None or pair is None or (pc.max(pc.utf8_length(text)).as_py() or 0) > MAX_TEXT_CHARS:
+        return None
+    rating = pa.nulls(n, pa.int64())
+    if c.rating in table.column_names and not pa.types.is_null(table[c.rating].type):
+        values = table[c.rating].combine_chunks()
+        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+            return None
+        valid = values.drop_null()
+        if len(valid) and not pc.all(pc.and_(pc.equal(pc.floor(valid), valid),
+                                             pc.and_(pc.greater_equal(valid, 1), pc.less_equal(valid, 5)))).as_py():
+            return None
+        rating = values.cast(pa.int64())
+    fields = {name: column(getattr(c, name)) for name in ("id", "title", "brand", "product")}
+    label = column(c.label) if c.label else None
+    if any(v is None for v in fields.values()) or (c.label and label is None):
+        return None
+    rows = pa.array([number for number, _ in run], pa.int64())
+    source = pa.array([batcher.source] * n, pa.string())
+    default_id = pc.binary_join_element_wise(source, rows.cast(pa.string()), ":")
+    given = fields.pop("id")
+    values = {"id": pc.if_else(pc.fill_null(pc.not_equal(given, ""), False), given, default_id), "text": text,
+              "rating": rating, **fields, "source": source, "_row": rows}
+    if c.text_pair:
+        values["text_pair"] = pair
+    if c.label:
+        trimmed = pc.utf8_trim_whitespace(label)
+        values["label"] = pc.if_else(pc.equal(trimmed, ""), pa.nulls(n, pa.string()), trimmed)
+    return pa.table([values.get(f.name, pa.nulls(n, f.type)) for f in batcher.schema], schema=batcher.schema)
 
 
 def read_json_array(f, batcher: _Batcher) -> Iterator[pa.Table]:
