@@ -1,13 +1,15 @@
 """near_dedup: MinHash LSH against an exact all-pairs Jaccard oracle, clusters, any layout of the input."""
 
 import json
+import re
+import unicodedata
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
-from reviewlm.filters.near_dedup import NearDedup, components, jaccard, lsh_params, ngrams, words
+from reviewlm.filters.near_dedup import NearDedup, components, gram_hashes, jaccard, lsh_params, words
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import synth_rows
@@ -17,11 +19,26 @@ from tests.conftest import run_cli
 THRESHOLD = 0.8
 
 
-def test_normalization_and_ngrams():
-    assert words(pa.array(["Nike's GREAT shoes!!", "ﬁt, well-made", None])) == [
-        ["nike", "s", "great", "shoes"], ["fit", "well", "made"], None]
-    assert ngrams(["a", "b", "c"], 2) == ["a b", "b c"]
-    assert ngrams(["a", "b"], 5) == ["a b"] and ngrams([], 5) == []
+def oracle_words(text: str) -> list[str]:
+    """The documented normalization, written again with Python's own regular expressions."""
+    return re.sub(r"[^\w\s]|_", " ", unicodedata.normalize("NFKC", text).lower()).split()
+
+
+def ngrams(tokens: list[str], n: int = 5) -> set[str]:
+    return {" ".join(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))} if tokens else set()
+
+
+def test_normalization_and_ngram_hashes():
+    assert words(pa.array(["Nike's GREAT shoes!! ", "ﬁt, well-made", None, " ?! "])).to_pylist() == [
+        ["nike", "s", "great", "shoes"], ["fit", "well", "made"], None, None]
+    texts = ["a b c d e f g", "A b!", "", "x y z a b c d e f g h", "a b c d e a b c d e", "?!", "a b"]
+    grams, offsets = gram_hashes(pa.array(texts), 5)
+    sets = [set(grams[offsets[i]:offsets[i + 1]].tolist()) for i in range(len(texts))]
+    strings = [ngrams(oracle_words(t)) for t in texts]
+    for i in range(len(texts)):  # the same n-grams, and the same ones shared between any two texts
+        assert len(sets[i]) == len(strings[i]), texts[i]
+        for j in range(len(texts)):
+            assert len(sets[i] & sets[j]) == len(strings[i] & strings[j]), (texts[i], texts[j])
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
@@ -40,8 +57,8 @@ def test_components_are_transitive_and_rooted_at_the_smallest():
 
 
 def oracle(texts: list[str], n: int = 5) -> np.ndarray:
-    """Exact Jaccard of every pair of texts' word n-gram sets, as a dense matrix."""
-    grams = [set(ngrams(w, n)) for w in words(pa.array(texts))]
+    """Exact Jaccard of every pair of texts' word n-gram sets (strings), as a dense matrix."""
+    grams = [ngrams(oracle_words(t), n) for t in texts]
     vocab = {g: i for i, g in enumerate(sorted(set().union(*grams)))}
     rows = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
     cols = np.array([vocab[g] for gs in grams for g in gs])

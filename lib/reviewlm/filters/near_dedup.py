@@ -53,18 +53,59 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.95) -> tuple[i
     return num_perm, 1
 
 
-def words(text: pa.Array) -> list[list[str] | None]:
-    """The normalized words of each text (None for a null text)."""
+def words(text: pa.Array) -> pa.ListArray:
+    """The normalized words of each text (null for a text without any)."""
     text = pc.utf8_lower(pc.utf8_normalize(text, form="NFKC"))
-    text = pc.replace_substring_regex(text, pattern=r"[^\pL\pN\s]+", replacement=" ")
-    return pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text)).to_pylist()
+    text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, pattern=r"[^\pL\pN\s]+", replacement=" "))
+    return pc.utf8_split_whitespace(pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text))
 
 
-def ngrams(tokens: list[str], n: int) -> list[str]:
-    """The word n-grams of `tokens` (one of all of them when there are fewer than `n`)."""
-    if len(tokens) <= n:
-        return [" ".join(tokens)] if tokens else []
-    return [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+_WORDS: dict[str, int] = {}
+_GRAM_MIX = np.random.default_rng(SEED + 1).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
+
+
+def _word_hashes(flat: pa.Array) -> np.ndarray:
+    """A stable 64-bit hash (blake2b) of each word, each distinct word hashed once per worker."""
+    if len(_WORDS) > 1_000_000:
+        _WORDS.clear()
+    encoded = pc.dictionary_encode(flat)
+    distinct = np.array([_WORDS.get(w) or _WORDS.setdefault(w, int.from_bytes(
+        hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")) for w in encoded.dictionary.to_pylist()],
+        dtype=np.uint64)
+    return distinct[encoded.indices.to_numpy()] if len(distinct) else np.empty(0, np.uint64)
+
+
+def gram_hashes(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 64-bit hashes of every (non-null) text's word n-grams, flat, and each text's offsets into
+    them: an n-gram is a multilinear mix of its words' hashes; a text of fewer than `n` words has
+    one n-gram of all of them, one without words none."""
+    tokens = words(text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text)
+    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy().astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    h = _word_hashes(tokens.flatten())
+    grams = np.zeros(len(h), np.uint64)
+    for k in range(n):  # grams[p]: the window of n words from word p (masked below where it leaves its text)
+        grams[: len(h) - k] += h[k:] * _GRAM_MIX[k]
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    full = np.arange(len(h)) - starts[row] <= lengths[row] - n
+    short = np.flatnonzero((lengths > 0) & (lengths < n))
+    whole = np.zeros(len(short), np.uint64)  # a short text's one n-gram: the mix of all its words
+    for k in range(n - 1):
+        part = lengths[short] > k
+        whole[part] += h[starts[short][part] + k] * _GRAM_MIX[k]
+    rows = np.concatenate([row[full], short])
+    order = np.argsort(rows, kind="stable")
+    counts = np.bincount(rows, minlength=len(lengths))
+    return _fmix(np.concatenate([grams[full], whole])[order]), np.r_[0, np.cumsum(counts)]
+
+
+def _fmix(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer: n-grams that share words get unrelated hashes."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
 
 
 def row_keys(batch: pa.Table, ranks: dict[str, int]) -> np.ndarray:
@@ -82,23 +123,17 @@ def band_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, bands:
     import rensa
 
     usable = _usable(batch)
-    keys = row_keys(batch, ranks)[usable]
-    sigs, kept = [], []
-    for i, tokens in enumerate(words(batch["text"].filter(pa.array(usable)))):
-        grams = ngrams(tokens, ngram)
-        if grams:
-            m = rensa.RMinHash(num_perm=num_perm, seed=SEED)
-            m.update(grams)
-            sigs.append(m.digest())
-            kept.append(i)
-    if not sigs:
-        return pa.table({BAND: pa.array([], pa.uint64()), KEY: pa.array([], pa.int64())})
-    sig = np.asarray(sigs, dtype=np.uint64)[:, : bands * rows].reshape(len(sigs), bands, rows)
+    grams, offsets = gram_hashes(batch["text"].filter(pa.array(usable)), ngram)
+    digests = rensa.RMinHash.digest_matrix_from_flat_token_hashes(grams, offsets.astype(np.uint64), num_perm, SEED)
+    signed = np.diff(offsets) > 0  # a text without words has no signature
+    keys = row_keys(batch, ranks)[usable][signed]
+    sig = np.array(digests.to_rows(), dtype=np.uint64).reshape(-1, num_perm)[signed]
+    sig = sig[:, : bands * rows].reshape(len(keys), bands, rows)
     # A multilinear hash of each band's values (wrapping uint64 arithmetic), the band index mixed in.
     mix = np.random.default_rng(SEED).integers(1, 2**63, size=rows + bands, dtype=np.uint64) | np.uint64(1)
     h = (sig * mix[:rows]).sum(axis=2) + mix[rows:]
     h ^= h >> np.uint64(29)
-    return pa.table({BAND: pa.array(h.ravel()), KEY: pa.array(np.repeat(keys[kept], bands))})
+    return pa.table({BAND: pa.array(h.ravel()), KEY: pa.array(np.repeat(keys, bands))})
 
 
 def star_pairs(block: pa.Table) -> pa.Table:
@@ -135,28 +170,15 @@ def candidate_keys(*blocks: pa.Table) -> np.ndarray:
     return np.unique(_unique_pairs(list(blocks)))
 
 
-_WORDS: dict[str, int] = {}
-_GRAM_MIX = np.random.default_rng(SEED + 1).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
-
-
-def gram_hashes(tokens: list[str], n: int) -> np.ndarray:
-    """The distinct hashes of the word n-grams of `tokens` (as `ngrams` cuts them), sorted: each word
-    hashed once (blake2b, cached), an n-gram as a multilinear mix of its words' hashes, kept to 32
-    bits (two n-grams of a pair collide with odds of about 1 in 400,000 for 100-word reviews)."""
-    if len(_WORDS) > 1_000_000:
-        _WORDS.clear()
-    h = np.array([_WORDS.get(w) or _WORDS.setdefault(w, int.from_bytes(
-        hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")) for w in tokens], dtype=np.uint64)
-    width = min(n, len(h))
-    grams = sum(h[k:len(h) - width + 1 + k] * _GRAM_MIX[k] for k in range(width))
-    return np.unique((grams >> np.uint64(32)).astype(np.uint32)) if width else np.empty(0, np.uint32)
-
-
 def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: ray.ObjectRef, ngram: int) -> pa.Table:
-    """The candidate rows of a batch with their id and the sorted hashes of their n-grams."""
+    """The candidate rows of a batch with their id and the distinct hashes of their n-grams, sorted
+    and kept to 32 bits (two n-grams of a pair of 100-word reviews collide with odds of about 1 in
+    400,000)."""
     keys = row_keys(batch, ranks)
     pick = _usable(batch) & np.isin(keys, _get(candidates))
-    hashes = [gram_hashes(tokens, ngram) for tokens in words(batch["text"].filter(pa.array(pick)))]
+    grams, offsets = gram_hashes(batch["text"].filter(pa.array(pick)), ngram)
+    grams = (grams >> np.uint64(32)).astype(np.uint32)
+    hashes = [np.unique(grams[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
     return pa.table({KEY: pa.array(keys[pick]), "id": batch["id"].filter(pa.array(pick)),
                      "grams": pa.array(hashes, pa.list_(pa.uint32()))})
 

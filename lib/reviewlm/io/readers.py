@@ -638,7 +638,7 @@ def quarantine_hint(error: str) -> str:
     if error.startswith("file has no column"):
         return "its header was not read as written: check --encoding, --delimiter and the column flags"
     if error == PYTHON_LITERAL:
-        return "convert the file to JSON Lines first (README: real dumps as they are published)"
+        return "convert the file to JSON Lines first (docs/filter.md: real dumps as they are published)"
     return "see quarantine/ for the raw records and their errors"
 
 
