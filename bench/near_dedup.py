@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 from datasketch import MinHash, MinHashLSH
 from filter_throughput import BIN, run_watched
-from reviewlm.filters.near_dedup import components, jaccard, lsh_params, ngrams, words
+from reviewlm.filters.near_dedup import components, lsh_params, words
 from reviewlm.synth import write_synth
 
 
@@ -49,7 +49,8 @@ def datasketch_drops(texts: list[str], threshold: float = 0.8, num_perm: int = 1
     bands, rows = lsh_params(threshold, num_perm)
     start = time.perf_counter()
     lsh, pairs = MinHashLSH(num_perm=num_perm, params=(bands, rows)), []
-    grams = [set(ngrams(w, n)) for w in words(pa.array(texts))]
+    grams = [{" ".join(w[i:i + n]) for i in range(max(1, len(w) - n + 1))} if w else set()
+             for w in words(pa.array(texts)).to_pylist()]
     for i, g in enumerate(grams):
         if not g:
             continue
@@ -58,9 +59,8 @@ def datasketch_drops(texts: list[str], threshold: float = 0.8, num_perm: int = 1
         pairs += [(i, j) for j in lsh.query(m)]
         lsh.insert(i, m)
     rate = len(texts) / (time.perf_counter() - start)
-    hashed = [np.array(sorted(hash(s) for s in g), dtype=np.int64) for g in grams]
-    edges = np.array([p for p in pairs if jaccard(hashed[p[0]], hashed[p[1]]) >= threshold] or np.empty((0, 2)),
-                     dtype=np.int64)
+    edges = np.array([p for p in pairs if len(grams[p[0]] & grams[p[1]]) / len(grams[p[0]] | grams[p[1]]) >= threshold]
+                     or np.empty((0, 2)), dtype=np.int64)
     root = components(edges, len(texts))
     return set(np.flatnonzero(root != np.arange(len(texts))).tolist()), rate
 

@@ -1,4 +1,4 @@
-"""Review dumps in the shapes they are published in, read by the README's own command lines;
+"""Review dumps in the shapes they are published in, read by the command lines of docs/filter.md;
 sniffed .json files, delimiters, encodings, and no success when nothing could be read."""
 
 import gzip
@@ -23,7 +23,7 @@ from reviewlm.options import RunOptions
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).parents[1] / "README.md"
+FILTER_DOCS = Path(__file__).parents[1] / "docs" / "filter.md"
 N = 300
 TEXTS = ["Great shoes, fit perfectly and café-quality comfort.", "Returned them: the sole came off after a week.",
          'He said "wow", then bought two.']
@@ -81,11 +81,11 @@ def write_shapes(d: Path) -> None:
 
 
 def gallery() -> list[str]:
-    block = README.read_text().split("<!-- gallery -->")[1].split("<!-- /gallery -->")[0]
+    block = FILTER_DOCS.read_text().split("<!-- gallery -->")[1].split("<!-- /gallery -->")[0]
     return [ln for ln in block.splitlines() if ln.startswith(("reviewlm ", "python3 "))]
 
 
-def test_the_readme_gallery_reads_every_published_shape_row_by_row(ray_cluster, tmp_path, monkeypatch, capsys):
+def test_the_docs_gallery_reads_every_published_shape_row_by_row(ray_cluster, tmp_path, monkeypatch, capsys):
     write_shapes(tmp_path)
     monkeypatch.chdir(tmp_path)
     commands = gallery()
