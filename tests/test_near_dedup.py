@@ -31,6 +31,8 @@ def ngrams(tokens: list[str], n: int = 5) -> set[str]:
 def test_normalization_and_ngram_hashes():
     assert words(pa.array(["Nike's GREAT shoes!! ", "ﬁt, well-made", None, " ?! "])).to_pylist() == [
         ["nike", "s", "great", "shoes"], ["fit", "well", "made"], None, None]
+    grams, offsets = gram_hashes(pa.array(["a b", "", "c"]), 5)  # fewer words in the batch than n
+    assert len(grams) == 2 and offsets.tolist() == [0, 1, 1, 2]
     texts = ["a b c d e f g", "A b!", "", "x y z a b c d e f g h", "a b c d e a b c d e", "?!", "a b"]
     grams, offsets = gram_hashes(pa.array(texts), 5)
     sets = [set(grams[offsets[i]:offsets[i + 1]].tolist()) for i in range(len(texts))]
@@ -136,3 +138,11 @@ def test_same_clusters_from_one_file_or_eight_one_cpu_or_two_s3_and_annotate(ray
     annotated = pd.read_parquet(tmp_path / "ann" / "kept")
     assert len(annotated) == 800 and stats["would_keep"] == len(whole) == int(annotated["keep"].sum())
     assert (annotated["near_duplicate_of"].notna() == ~annotated["keep"]).all()
+
+
+@pytest.mark.slow
+def test_reviews_without_any_near_copy_are_all_kept(ray_cluster, tmp_path):
+    texts = ["one two three", "four five six seven", "", None, "eight nine ten eleven twelve thirteen"]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    stats = filter_reviews([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), recipe=parse_recipe("near_dedup"))
+    assert (stats.rows_read, stats.kept, stats.rejected) == (5, 5, 0)

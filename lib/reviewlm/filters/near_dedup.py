@@ -41,6 +41,7 @@ from reviewlm.filters.base import Filter
 SEED = 1  # MinHash permutations and band hashes: fixed, so they agree across workers and runs
 KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
 PARTITION_BYTES = 64 << 20  # of band rows per shuffle partition
+CANDIDATES = pa.schema([(KEY, pa.int64()), ("id", pa.string()), ("grams", pa.list_(pa.uint32()))])
 
 
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.95) -> tuple[int, int]:
@@ -84,7 +85,7 @@ def gram_hashes(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     starts = np.cumsum(lengths) - lengths
     h = _word_hashes(tokens.flatten())
     grams = np.zeros(len(h), np.uint64)
-    for k in range(n):  # grams[p]: the window of n words from word p (masked below where it leaves its text)
+    for k in range(min(n, len(h))):  # grams[p]: the n words from word p (masked below where it leaves its text)
         grams[: len(h) - k] += h[k:] * _GRAM_MIX[k]
     row = np.repeat(np.arange(len(lengths)), lengths)
     full = np.arange(len(h)) - starts[row] <= lengths[row] - n
@@ -164,10 +165,11 @@ def _unique_pairs(blocks: list[pa.Table]) -> np.ndarray:
     return np.unique(pairs, axis=0)
 
 
-@ray.remote
-def candidate_keys(*blocks: pa.Table) -> np.ndarray:
-    """The sorted keys of every row in a candidate pair."""
-    return np.unique(_unique_pairs(list(blocks)))
+@ray.remote(num_returns=2)
+def candidate_keys(*blocks: pa.Table) -> tuple[np.ndarray, int]:
+    """The sorted keys of every row in a candidate pair, and the number of distinct pairs."""
+    pairs = _unique_pairs(list(blocks))
+    return np.unique(pairs), len(pairs)
 
 
 def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: ray.ObjectRef, ngram: int) -> pa.Table:
@@ -179,8 +181,8 @@ def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: ray.ObjectRef, ngr
     grams, offsets = gram_hashes(batch["text"].filter(pa.array(pick)), ngram)
     grams = (grams >> np.uint64(32)).astype(np.uint32)
     hashes = [np.unique(grams[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
-    return pa.table({KEY: pa.array(keys[pick]), "id": batch["id"].filter(pa.array(pick)),
-                     "grams": pa.array(hashes, pa.list_(pa.uint32()))})
+    return pa.table([pa.array(keys[pick]), batch["id"].filter(pa.array(pick)), pa.array(hashes, pa.list_(pa.uint32()))],
+                    schema=CANDIDATES)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,26 +207,43 @@ def components(pairs: np.ndarray, n: int) -> np.ndarray:
         label = new
 
 
+class Candidates:
+    """The candidate rows (`shingle_rows` blocks) in key order: keys, ids and n-gram hashes, the
+    hashes as views into the blocks (no copy)."""
+
+    def __init__(self, blocks: list[pa.Table]):
+        rows = pa.concat_tables(blocks) if blocks else CANDIDATES.empty_table()
+        order = np.argsort(rows[KEY].to_numpy())
+        self.keys = rows[KEY].to_numpy()[order]
+        grams = [chunk.values.to_numpy()[o:e] for chunk in rows["grams"].chunks
+                 for o, e in zip(chunk.offsets.to_numpy()[:-1], chunk.offsets.to_numpy()[1:])]
+        self.grams = [grams[i] for i in order]
+        self.ids = rows["id"].take(pa.array(order))
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """The exact Jaccard similarity of each pair of keys."""
+        a, b = np.searchsorted(self.keys, pairs[:, 0]), np.searchsorted(self.keys, pairs[:, 1])
+        return np.array([jaccard(self.grams[i], self.grams[j]) for i, j in zip(a, b)], dtype=np.float64)
+
+
+@ray.remote
+def verify(pairs: pa.Table, shingle_refs: list, threshold: float) -> np.ndarray:
+    """The candidate pairs of one block whose exact Jaccard reaches `threshold` (LSH's false
+    positives dropped); one task per block, in parallel."""
+    pairs = _unique_pairs([pairs])
+    return pairs[Candidates(ray.get(shingle_refs)).jaccard(pairs) >= threshold]
+
+
 @ray.remote(num_returns=2)
-def clusters(pair_refs: list, shingle_refs: list, threshold: float) -> tuple[pa.Table, dict]:
+def clusters(verified: list, shingle_refs: list) -> tuple[pa.Table, dict]:
     """The rows to drop (key, the first row's id, their exact Jaccard) and the step's counts."""
-    pairs = _unique_pairs(ray.get(pair_refs))
-    rows = pa.concat_tables(ray.get(shingle_refs))  # chunks of the blocks, not a copy
-    order = np.argsort(rows[KEY].to_numpy())
-    keys = rows[KEY].to_numpy()[order]
-    grams = [chunk.values.to_numpy()[o:e] for chunk in rows["grams"].chunks
-             for o, e in zip(chunk.offsets.to_numpy()[:-1], chunk.offsets.to_numpy()[1:])]
-    grams = [grams[i] for i in order]  # views, in key order
-    ids = rows["id"].take(pa.array(order)).to_pylist()
-    a, b = np.searchsorted(keys, pairs[:, 0]), np.searchsorted(keys, pairs[:, 1])
-    verified = np.array([jaccard(grams[i], grams[j]) >= threshold for i, j in zip(a, b)], dtype=bool)
-    root = components(np.stack([a[verified], b[verified]], axis=1), len(keys))
-    drop = np.flatnonzero(root != np.arange(len(keys)))
-    table = pa.table({KEY: pa.array(keys[drop], pa.int64()),
-                      "of": pa.array([ids[root[i]] for i in drop], pa.string()),
-                      "similarity": pa.array([jaccard(grams[i], grams[root[i]]) for i in drop], pa.float64())})
-    counts = {"candidate_pairs": len(pairs), "verified_pairs": int(verified.sum()),
-              "clusters": len(np.unique(root[drop])), "near_duplicates": len(drop)}
+    pairs = np.unique(np.concatenate([np.empty((0, 2), np.int64), *ray.get(verified)]), axis=0)
+    rows = Candidates(ray.get(shingle_refs))
+    root = components(np.searchsorted(rows.keys, pairs), len(rows.keys))
+    drop = np.flatnonzero(root != np.arange(len(rows.keys)))
+    table = pa.table({KEY: pa.array(rows.keys[drop], pa.int64()), "of": rows.ids.take(pa.array(root[drop])),
+                      "similarity": rows.jaccard(np.stack([rows.keys[drop], rows.keys[root[drop]]], axis=1))})
+    counts = {"verified_pairs": len(pairs), "clusters": len(np.unique(root[drop])), "near_duplicates": len(drop)}
     return table, counts
 
 
@@ -280,11 +299,13 @@ class NearDedup(Filter):
         parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-bands_ds.size_bytes() // PARTITION_BYTES))
         pair_refs = candidate_pairs(bands_ds, parts).to_arrow_refs()
         del bands_ds
-        candidates = candidate_keys.remote(*pair_refs)
+        candidates, n_pairs = candidate_keys.remote(*pair_refs)
         shingles = ds.map_batches(shingle_rows, batch_format="pyarrow",
                                   fn_kwargs={"ranks": ranks, "candidates": candidates, "ngram": self.ngram})
-        drops, counts = clusters.remote(pair_refs, shingles.to_arrow_refs(), self.threshold)
-        c = ray.get(counts)
+        shingle_refs = shingles.to_arrow_refs()
+        verified = [verify.remote(pairs, shingle_refs, self.threshold) for pairs in pair_refs]
+        drops, counts = clusters.remote(verified, shingle_refs)
+        c = {**ray.get(counts), "candidate_pairs": ray.get(n_pairs)}
         print(f"{self.name}: {c['candidate_pairs']:,} candidate pairs, {c['verified_pairs']:,} at Jaccard >= "
               f"{self.threshold}: {c['near_duplicates']:,} near-duplicates of {c['clusters']:,} reviews",
               file=sys.stderr)
