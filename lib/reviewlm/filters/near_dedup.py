@@ -165,11 +165,10 @@ def _unique_pairs(blocks: list[pa.Table]) -> np.ndarray:
     return np.unique(pairs, axis=0)
 
 
-@ray.remote(num_returns=2)
-def candidate_keys(*blocks: pa.Table) -> tuple[np.ndarray, int]:
-    """The sorted keys of every row in a candidate pair, and the number of distinct pairs."""
-    pairs = _unique_pairs(list(blocks))
-    return np.unique(pairs), len(pairs)
+@ray.remote
+def candidate_keys(*blocks: pa.Table) -> np.ndarray:
+    """The sorted keys of every row in a candidate pair."""
+    return np.unique(_unique_pairs(list(blocks)))
 
 
 def shingle_rows(batch: pa.Table, *, ranks: dict, candidates: ray.ObjectRef, ngram: int) -> pa.Table:
@@ -226,24 +225,22 @@ class Candidates:
         return np.array([jaccard(self.grams[i], self.grams[j]) for i, j in zip(a, b)], dtype=np.float64)
 
 
-@ray.remote
-def verify(pairs: pa.Table, shingle_refs: list, threshold: float) -> np.ndarray:
-    """The candidate pairs of one block whose exact Jaccard reaches `threshold` (LSH's false
-    positives dropped); one task per block, in parallel."""
-    pairs = _unique_pairs([pairs])
-    return pairs[Candidates(ray.get(shingle_refs)).jaccard(pairs) >= threshold]
-
-
 @ray.remote(num_returns=2)
-def clusters(verified: list, shingle_refs: list) -> tuple[pa.Table, dict]:
-    """The rows to drop (key, the first row's id, their exact Jaccard) and the step's counts."""
-    pairs = np.unique(np.concatenate([np.empty((0, 2), np.int64), *ray.get(verified)]), axis=0)
+def clusters(pair_refs: list, shingle_refs: list, threshold: float) -> tuple[pa.Table, dict]:
+    """The rows to drop (key, the first row's id, their exact Jaccard) and the step's counts.
+
+    One task: verifying the pairs in a task per block measured 1.03x faster on 2 CPUs and
+    1.46x the peak memory at 4x the reviews (each task holds its own index of the candidates).
+    """
+    candidates = _unique_pairs(ray.get(pair_refs))
     rows = Candidates(ray.get(shingle_refs))
+    pairs = candidates[rows.jaccard(candidates) >= threshold]  # LSH's false positives dropped
     root = components(np.searchsorted(rows.keys, pairs), len(rows.keys))
     drop = np.flatnonzero(root != np.arange(len(rows.keys)))
     table = pa.table({KEY: pa.array(rows.keys[drop], pa.int64()), "of": rows.ids.take(pa.array(root[drop])),
                       "similarity": rows.jaccard(np.stack([rows.keys[drop], rows.keys[root[drop]]], axis=1))})
-    counts = {"verified_pairs": len(pairs), "clusters": len(np.unique(root[drop])), "near_duplicates": len(drop)}
+    counts = {"candidate_pairs": len(candidates), "verified_pairs": len(pairs), "clusters": len(np.unique(root[drop])),
+              "near_duplicates": len(drop)}
     return table, counts
 
 
@@ -299,13 +296,11 @@ class NearDedup(Filter):
         parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-bands_ds.size_bytes() // PARTITION_BYTES))
         pair_refs = candidate_pairs(bands_ds, parts).to_arrow_refs()
         del bands_ds
-        candidates, n_pairs = candidate_keys.remote(*pair_refs)
+        candidates = candidate_keys.remote(*pair_refs)
         shingles = ds.map_batches(shingle_rows, batch_format="pyarrow",
                                   fn_kwargs={"ranks": ranks, "candidates": candidates, "ngram": self.ngram})
-        shingle_refs = shingles.to_arrow_refs()
-        verified = [verify.remote(pairs, shingle_refs, self.threshold) for pairs in pair_refs]
-        drops, counts = clusters.remote(verified, shingle_refs)
-        c = {**ray.get(counts), "candidate_pairs": ray.get(n_pairs)}
+        drops, counts = clusters.remote(pair_refs, shingles.to_arrow_refs(), self.threshold)
+        c = ray.get(counts)
         print(f"{self.name}: {c['candidate_pairs']:,} candidate pairs, {c['verified_pairs']:,} at Jaccard >= "
               f"{self.threshold}: {c['near_duplicates']:,} near-duplicates of {c['clusters']:,} reviews",
               file=sys.stderr)
