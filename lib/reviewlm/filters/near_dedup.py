@@ -10,9 +10,9 @@ Their similarity is the Jaccard index of those sets.
 1. **signatures** (Ray Data map tasks): each parsed review's n-grams get a MinHash signature
    (`rensa`, seeded, so the same on every worker), cut into LSH bands; one row per band
    (band hash, row key).
-2. **buckets** (a Ray Data group-by and join): the rows that share a band hash; each row of a
-   bucket of two or more is paired with the bucket's first row.
-3. **verification and clusters** (Ray tasks over the pairs, as DataTrove's cluster stage):
+2. **buckets** (one Ray Data hash repartition by band): the rows that share a band hash; each
+   row of a bucket of two or more is paired with the bucket's first row.
+3. **verification and clusters** (one Ray task over the pairs, as DataTrove's cluster stage):
    the candidate reviews are read again for their n-grams; a pair whose exact Jaccard is
    below the threshold is dropped (LSH's false positives); union-find joins the rest into
    connected components (A~B and B~C make one cluster even when A and C are further apart).
