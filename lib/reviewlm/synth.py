@@ -79,7 +79,7 @@ def synth_rows(rows: int, seed: int = 0, min_words: int = 0, max_words: int = 0,
                   + [(a, "neutral") for a in words.NEUTRAL])
     cols = {name: [] for name in SCHEMA.names}
     for i in range(rows):
-        if i and rng.random() < near_copies:
+        if near_copies and i and rng.random() < near_copies:  # no draw without near-copies: the same corpus as before
             j = rng.randrange(i)
             for k in SCHEMA.names:
                 cols[k].append({"id": f"synth-{seed}-{i}", "text": near_copy(cols["text"][j], rng)}.get(k, cols[k][j]))
