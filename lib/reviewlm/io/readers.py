@@ -513,9 +513,12 @@ def open_text(fs, file: InputFile) -> tuple[object, str]:
     an encoding that is not ASCII-compatible is read as UTF-8 (`Utf8Stream`), whole."""
     seekable = file.format == "parquet" or not compressed(file.path)
     f = fs.open_input_file(file.path) if seekable else fs.open_input_stream(file.path, compression="detect")
-    if file.format == "parquet" or ascii_compatible(file.encoding):
-        return f, file.encoding
-    return Utf8Stream(f, file.encoding), "utf-8"
+    return (f, file.encoding) if file.format == "parquet" else as_records(f, file.encoding)
+
+
+def as_records(f, encoding: str) -> tuple[object, str]:
+    """A text stream whose records can be found in its bytes, and the encoding of those bytes."""
+    return (f, encoding) if ascii_compatible(encoding) else (Utf8Stream(f, encoding), "utf-8")
 
 
 def read_piece(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
@@ -568,8 +571,7 @@ def _first_columns(fs, file: InputFile) -> list[str] | None:
             except pa.ArrowInvalid:  # the reader quarantines the file
                 return None
     with fs.open_input_stream(file.path, compression="detect") as f:
-        stream, encoding = (f, file.encoding) if ascii_compatible(file.encoding) else \
-            (Utf8Stream(f, file.encoding), "utf-8")
+        stream, encoding = as_records(f, file.encoding)
         try:
             if file.format in ("csv", "tsv"):
                 for _, raw in _content(_records(_lines(stream))):
