@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from filter_throughput import BIN, run_watched
-from reviewlm.io.readers import check_inputs, split_file
+from reviewlm.io.pieces import split_file
+from reviewlm.io.readers import check_inputs
 
 WORDS = "the sole held up after months of running and the fit is true to size".split()
 

@@ -97,7 +97,7 @@ def own_loop(task: str, model_path: str, data: list[dict], batch: int, steps: in
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_path)
     config = LoopConfig(task=task, model=model_path, epochs=1, total_steps=steps + 1, batch_size=batch,
-                        lr=DEFAULT_LR[task], seed=0, precision="fp32", whole_word=True, mask_probability=0.2,
+                        learning_rate=DEFAULT_LR[task], seed=0, precision="fp32", whole_word=True, mask_probability=0.2,
                         labels=LABELS[task])
     hf = load_model(task, model_path, LABELS[task])
     dense_grads = SparseEmbeddingGrad(hf, torch.device("cpu"))
@@ -120,7 +120,7 @@ def ray_job(task: str, corpus: str, out: str, model: str, batch: int, steps: int
     metrics = train_model([corpus], out, TrainArgs(task=task, model=model, epochs=1, max_steps=steps + 1,
                                                    batch_size=batch, num_workers=2, eval_fraction=0.02,
                                                    max_eval_samples=32))
-    return metrics["epochs"][-1]["samples_per_s"]
+    return metrics.epochs[-1].samples_per_s
 
 
 def previous_job(ref: str, corpus: str, out: str, model: str, batch: int, steps: int) -> float:

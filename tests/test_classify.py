@@ -24,10 +24,10 @@ def cache(tmp_path_factory):
 
 def test_classification_metrics_by_hand():
     m = classification_metrics(confusion_matrix([0, 0, 0, 1, 2, 2], [0, 0, 1, 1, 2, 0], n=3), ["a", "b", "c"])
-    assert m["accuracy"] == pytest.approx(4 / 6) and m["majority_baseline"] == 0.5 and m["n"] == 6
-    assert m["per_class"]["a"] == {"precision": 2 / 3, "recall": 2 / 3, "f1": pytest.approx(2 / 3), "support": 3}
-    assert m["per_class"]["b"]["precision"] == 0.5 and m["per_class"]["c"]["recall"] == 0.5
-    assert m["macro_f1"] == pytest.approx(np.mean([2 / 3, 2 / 3, 2 / 3])) and m["confusion_matrix"][2][0] == 1
+    assert m.accuracy == pytest.approx(4 / 6) and m.majority_baseline == 0.5 and m.n == 6
+    assert m.per_class["a"] == {"precision": 2 / 3, "recall": 2 / 3, "f1": pytest.approx(2 / 3), "support": 3}
+    assert m.per_class["b"]["precision"] == 0.5 and m.per_class["c"]["recall"] == 0.5
+    assert m.macro_f1 == pytest.approx(np.mean([2 / 3, 2 / 3, 2 / 3])) and m.confusion_matrix[2][0] == 1
 
 
 def test_imbalance_is_named_above_five_to_one():

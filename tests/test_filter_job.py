@@ -13,7 +13,8 @@ from nltk.sentiment.vader import SentimentIntensityAnalyzer
 from reviewlm.filters import vader
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
-from reviewlm.io.readers import check_inputs, plan_pieces
+from reviewlm.io.pieces import plan_pieces
+from reviewlm.io.readers import check_inputs
 from reviewlm.io.storage import read_success
 from reviewlm.options import RunOptions
 

@@ -9,9 +9,10 @@ from reviewlm.filters.base import All, Any, Not
 from reviewlm.filters.dedup import FIRST, ORDER, Dedup, add_keys
 from reviewlm.filters.recipe import load_recipe, parse_recipe
 from reviewlm.filters.sentiment import Sentiment
-from reviewlm.filters.stage import StepStats, funnel, route_batch
+from reviewlm.filters.stage import funnel, route_batch
 from reviewlm.filters.text import Length, NonNull
-from reviewlm.io.readers import CANONICAL
+from reviewlm.io.layout import CANONICAL
+from reviewlm.results import StepStats
 
 
 def batch(texts, errors=None):

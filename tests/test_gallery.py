@@ -17,7 +17,8 @@ from reviewlm.cli import build_parser, run_filter
 from reviewlm.errors import UsageError
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
-from reviewlm.io.readers import check_inputs, plan_pieces
+from reviewlm.io.pieces import plan_pieces
+from reviewlm.io.readers import check_inputs
 from reviewlm.options import RunOptions
 
 from tests.conftest import run_cli

@@ -8,24 +8,24 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from reviewlm.io.readers import (
-    Columns,
+from reviewlm.io.layout import Columns
+from reviewlm.io.pieces import split_file
+from reviewlm.io.readers import read_piece
+from reviewlm.io.records import (
+    Batcher,
     ParseError,
-    _Batcher,
     clean_rows,
     parse_rating,
     read_delimited,
     read_json_array,
     read_jsonl,
     read_parquet_file,
-    read_piece,
-    split_file,
 )
 from reviewlm.io.storage import InputFile, infer_format
 
 
 def rows(reader, data: bytes, *args, columns=Columns()):
-    batcher = _Batcher("src", columns)
+    batcher = Batcher("src", columns)
     tables = list(reader(io.BytesIO(data), batcher, *args))
     if len(batcher):
         tables.append(batcher.flush())
@@ -102,11 +102,11 @@ CLEAN_RUNS = [  # each a run Arrow parses: the rows must be those the line-by-li
 @pytest.mark.parametrize("records, columns", CLEAN_RUNS)
 def test_clean_runs_parsed_by_arrow_equal_the_line_by_line_rows(records, columns):
     lines = [json.dumps(r) for r in records]
-    expected = _Batcher("src", columns)
+    expected = Batcher("src", columns)
     for number, line in enumerate(lines, start=1):
         expected.add(number, json.loads(line), line)
     run = [(n, line.encode() + b"\r") for n, line in enumerate(lines, start=1)]  # CRLF files keep the \r
-    assert clean_rows(run, _Batcher("src", columns)) is not None  # Arrow's path was taken
+    assert clean_rows(run, Batcher("src", columns)) is not None  # Arrow's path was taken
     assert rows(read_jsonl, ("\r\n".join(lines) + "\r\n").encode(), columns=columns) == expected.flush().to_pylist()
 
 
@@ -115,7 +115,7 @@ def test_clean_runs_parsed_by_arrow_equal_the_line_by_line_rows(records, columns
                                   '{"text": "a", "title": 1.5}', '{"text": "a", "id": "2024-01-01"}'])
 def test_runs_arrow_would_read_differently_go_line_by_line(line):
     run = [(1, b'{"text": "fine", "rating": 3}'), (2, line.encode())]
-    assert clean_rows(run, _Batcher("src", Columns())) is None
+    assert clean_rows(run, Batcher("src", Columns())) is None
 
 
 def test_json_array_and_broken_json_file():

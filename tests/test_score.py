@@ -124,7 +124,7 @@ def test_the_summary_does_not_depend_on_the_order_rows_were_written_in():
     summaries = [prompt_summary(masks.iloc[order], prompts.iloc[order])
                  for order in [np.arange(5000), np.arange(5000)[::-1], rng.permutation(5000)]]
     assert summaries[0] == summaries[1] == summaries[2]
-    assert summaries[0]["m"]["wanted_share"] == pytest.approx(masks["wanted_share"].mean(), rel=1e-12)
+    assert summaries[0]["m"].wanted_share == pytest.approx(masks["wanted_share"].mean(), rel=1e-12)
 
 
 def test_templates_models_and_word_sets(tmp_path):
@@ -158,7 +158,7 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
     assert saved["models"]["base"]["prompts_scored"] == 5 and saved["models"]["tiny"]["corpus"]["reviews"] == 60
     assert saved["invalid_prompts"] == [{"prompt_index": 5, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
     assert len(saved["substitutions"]["tiny vs base"]) == 5
-    assert 0 <= summary["models"]["base"]["wanted_share"] <= 1
+    assert 0 <= summary.models["base"].prompts.wanted_share <= 1 and summary.models["tiny"].corpus.reviews == 60
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "offline starter" in html and "no mask here" in html
     assert (out / "report.md").exists() and (out / "summary.png").stat().st_size > 5000
@@ -185,8 +185,8 @@ def test_prompt_files_on_s3_are_read_by_ray_data_and_numbered_across_files(s3, r
                                          "Puma caps are [MASK] and [MASK].", "Nike hats feel [MASK].",
                                          "Nike gloves feel [MASK]."]
     assert scored["prompt_index"].tolist() == list(range(6))
-    assert summary["models"]["tiny"]["prompts_scored"] == 5
-    assert summary["invalid_prompts"] == [{"prompt_index": 1, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
+    assert summary.models["tiny"].prompts.prompts_scored == 5
+    assert summary.invalid_prompts == ({"prompt_index": 1, "prompt": "no mask here", "error": "no [MASK] in prompt"},)
     assert len(pd.read_parquet(out / "masks")) == 6  # one for each mask of the five valid prompts (two in one)
 
 
@@ -219,9 +219,9 @@ def test_star_model_scores_reviews(ray_cluster, tiny, tmp_path):
     write_synth(str(tmp_path / "corpus"), 80, seed=2)
     summary = score_models({"s": str(model_dir)}, str(tmp_path / "out"), prompts=[], args=ScoreArgs(task="stars"),
                            corpus=[str(tmp_path / "corpus")], word_sets=WORDS)
-    stars = summary["models"]["s"]["stars"]
-    assert stars["rows"] == 80 and sum(map(sum, stars["confusion_matrix"])) == 80
-    assert stars["labels"] == ["1", "2", "3", "4", "5"] and 0 <= stars["within_one_accuracy"] <= 1
+    stars = summary.models["s"].labels
+    assert stars.rows == 80 and sum(map(sum, stars.metrics.confusion_matrix)) == 80
+    assert stars.labels == ("1", "2", "3", "4", "5") and 0 <= stars.metrics.within_one_accuracy <= 1
     assert (tmp_path / "out" / "confusion_s.png").exists()
 
 

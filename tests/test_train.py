@@ -196,9 +196,9 @@ def test_streamed_splits_and_counts_are_the_materialized_ones(corpus, tok):
 
 def test_star_metrics_by_hand():
     m = star_metrics(confusion_matrix([0, 2, 4, 4, 3], [0, 1, 4, 2, 3]))
-    assert m["accuracy"] == 0.6 and m["within_one_accuracy"] == 0.8 and m["n"] == 5
-    assert m["binary_accuracy"] == 0.8 and m["confusion_matrix"][4][2] == 1 and m["per_class"]["1"]["f1"] == 1.0
-    assert m["majority_baseline"] == 0.4
+    assert m.accuracy == 0.6 and m.within_one_accuracy == 0.8 and m.n == 5
+    assert m.binary_accuracy == 0.8 and m.confusion_matrix[4][2] == 1 and m.per_class["1"]["f1"] == 1.0
+    assert m.majority_baseline == 0.4
 
 
 def independent_eval_loss(out, corpus: str, eval_fraction: float, tok, model_dir=None) -> float:
@@ -234,11 +234,11 @@ def test_mlm_lowers_perplexity_and_exports_a_fill_mask_model(mlm_run):
     from transformers import pipeline
 
     out, metrics = mlm_run
-    assert metrics["epochs"][-1]["perplexity"] < metrics["perplexity_before"]
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["restarts"] == []
-    assert all(e["samples_per_s"] > 0 for e in metrics["epochs"])
+    assert metrics.epochs[-1].perplexity < metrics.before.perplexity
+    assert [e.epoch for e in metrics.epochs] == [1, 2, 3] and metrics.restarts == ()
+    assert all(e.samples_per_s > 0 for e in metrics.epochs)
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["perplexity_before"] == metrics["perplexity_before"]
+    assert saved["perplexity_before"] == metrics.before.perplexity
     assert (out / "_SUCCESS").exists() and (out / "loss.png").stat().st_size > 5000
     checkpoints = [p for p in (out / "checkpoints" / "run").glob("checkpoint_*") if p.is_dir()]
     assert 2 <= len(checkpoints) <= 3  # the best two, and the latest
@@ -251,13 +251,13 @@ def test_mlm_lowers_perplexity_and_exports_a_fill_mask_model(mlm_run):
 def test_reported_eval_loss_equals_an_independent_computation(mlm_run, corpus, tok):
     """A small eval set over several epochs: model/ (the best epoch) scored outside Ray on eval/."""
     out, metrics = mlm_run
-    losses = [e["eval_loss"] for e in metrics["epochs"]]
-    assert metrics["best"]["eval_loss"] == min(losses) and metrics["best_epoch"] == 1 + losses.index(min(losses))
+    losses = [e.eval_loss for e in metrics.epochs]
+    assert metrics.best.eval_loss == min(losses) and metrics.best.epoch == 1 + losses.index(min(losses))
     assert losses == sorted(losses, reverse=True)  # the eval data is no longer corrupted by training
-    assert metrics["rows"]["eval_blocks"] < 60
-    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
+    assert metrics.rows["eval_blocks"] < 60
+    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics.best.eval_loss, rel=0.02)
     before = independent_eval_loss(out, corpus, 0.1, tok, model_dir=resolve_model("tiny"))
-    assert before == pytest.approx(metrics["eval_loss_before"], rel=0.02)
+    assert before == pytest.approx(metrics.before.eval_loss, rel=0.02)
 
 
 @pytest.mark.slow
@@ -265,17 +265,17 @@ def test_reported_eval_loss_on_a_larger_eval_set(ray_cluster, corpus, tok, tmp_p
     out = tmp_path / "large-eval"
     metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": 2, "max_steps": 6,
                                                            "eval_fraction": 0.5}))
-    assert metrics["rows"]["eval_blocks"] > 150
-    assert independent_eval_loss(out, corpus, 0.5, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
+    assert metrics.rows["eval_blocks"] > 150
+    assert independent_eval_loss(out, corpus, 0.5, tok) == pytest.approx(metrics.best.eval_loss, rel=0.02)
 
 
 @pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
     """Fixed shards per rank, own mask generators: a second run repeats the first exactly."""
     first, again = mlm_run[1], train_model([corpus], str(tmp_path / "again"), TrainArgs(**ARGS))
-    assert again["perplexity_before"] == first["perplexity_before"]
-    losses = [(e["train_loss"], e["eval_loss"]) for e in first["epochs"]]
-    assert [(e["train_loss"], e["eval_loss"]) for e in again["epochs"]] == losses
+    assert again.before.perplexity == first.before.perplexity
+    losses = [(e.train_loss, e.eval_loss) for e in first.epochs]
+    assert [(e.train_loss, e.eval_loss) for e in again.epochs] == losses
     assert len(set(losses)) == 3  # and the epochs differ from each other
 
 
@@ -285,17 +285,17 @@ def test_streaming_trains_every_block_each_epoch_and_reports_true_eval_losses(ml
     the eval rows' blocks, and the reported losses are recomputed from it outside Ray."""
     materialized, out = mlm_run[1], tmp_path / "stream"
     metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "streaming": "on"}))
-    assert metrics["streaming"] and not materialized["streaming"]
-    assert {k: metrics["rows"][k] for k in ("read", "train", "eval")} == \
-        {k: materialized["rows"][k] for k in ("read", "train", "eval")}
-    assert abs(metrics["rows"]["train_blocks"] - materialized["rows"]["train_blocks"]) <= 5  # counted from tokens
-    steps = metrics["epochs"][0]["step"]  # each epoch reads every train block once, in equal shares
-    assert abs(steps - materialized["epochs"][0]["step"]) <= 1
-    assert [e["step"] for e in metrics["epochs"]] == [steps, 2 * steps, 3 * steps]
-    assert metrics["epochs"][-1]["perplexity"] < metrics["perplexity_before"]
-    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics["best"]["eval_loss"], rel=0.02)
+    assert metrics.streaming and not materialized.streaming
+    assert {k: metrics.rows[k] for k in ("read", "train", "eval")} == \
+        {k: materialized.rows[k] for k in ("read", "train", "eval")}
+    assert abs(metrics.rows["train_blocks"] - materialized.rows["train_blocks"]) <= 5  # counted from tokens
+    steps = metrics.epochs[0].step  # each epoch reads every train block once, in equal shares
+    assert abs(steps - materialized.epochs[0].step) <= 1
+    assert [e.step for e in metrics.epochs] == [steps, 2 * steps, 3 * steps]
+    assert metrics.epochs[-1].perplexity < metrics.before.perplexity
+    assert independent_eval_loss(out, corpus, 0.1, tok) == pytest.approx(metrics.best.eval_loss, rel=0.02)
     before = independent_eval_loss(out, corpus, 0.1, tok, model_dir=resolve_model("tiny"))
-    assert before == pytest.approx(metrics["eval_loss_before"], rel=0.02)
+    assert before == pytest.approx(metrics.before.eval_loss, rel=0.02)
 
 
 FAULT_EPOCHS = 8  # the faults strike once a checkpoint is registered: epochs remain to catch a worker in
@@ -303,17 +303,17 @@ FAULT_EPOCHS = 8  # the faults strike once a checkpoint is registered: epochs re
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpus, tmp_path):
-    steps = mlm_run[1]["epochs"][0]["step"]
+    steps = mlm_run[1].epochs[0].step
     out = tmp_path / "fault"
     # once a checkpoint is registered, a training worker is SIGKILLed
     killer = Killer(lambda: actor_pids("RayTrainWorker"), ready=lambda: registered(out) >= 1)
     metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": FAULT_EPOCHS}))
     killer.join(1)
     assert killer.killed, "training ended before a worker could be killed"
-    [restart] = metrics["restarts"]
+    [restart] = metrics.restarts
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, FAULT_EPOCHS + 1))  # not started over
-    assert metrics["epochs"][-1]["step"] == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
+    assert [e.epoch for e in metrics.epochs] == list(range(1, FAULT_EPOCHS + 1))  # not started over
+    assert metrics.epochs[-1].step == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
 
 
 @pytest.mark.slow
@@ -345,21 +345,23 @@ def test_star_classifier_with_the_defaults_learns_from_1000_reviews(ray_cluster,
     data, out = tmp_path / "reviews", tmp_path / "stars"
     write_synth(str(data), 1000, seed=5, min_words=20, max_words=60)
     metrics = train_model([str(data)], str(out), TrainArgs(task="stars", model="starter", epochs=2))
-    assert metrics["warnings"] and "optimizer steps" in metrics["warnings"][0]  # 40 steps: said so
-    test = metrics["test"]
-    assert test["n"] > 150 and sum(map(sum, test["confusion_matrix"])) == test["n"]
-    assert test["accuracy"] > test["majority_baseline"] + 0.08, test
-    assert test["binary_accuracy"] > 0.7 and test["within_one_accuracy"] >= test["accuracy"]
-    assert "perplexity" not in metrics["best"] and {"eval_loss", "eval_accuracy"} <= set(metrics["best"])
-    assert metrics["best"]["eval_loss"] == min(e["eval_loss"] for e in metrics["epochs"])
-    assert (out / "confusion.png").exists() and abs(metrics["rows"]["train"] / 1000 - 0.64) < 0.01
+    assert metrics.warnings and "optimizer steps" in metrics.warnings[0]  # 40 steps: said so
+    test = metrics.test
+    assert test.n > 150 and sum(map(sum, test.confusion_matrix)) == test.n
+    assert test.accuracy > test.majority_baseline + 0.08, test
+    assert test.binary_accuracy > 0.7 and test.within_one_accuracy >= test.accuracy
+    saved = json.loads((out / "metrics.json").read_text())  # a classifier's epochs have no perplexity
+    assert metrics.best.perplexity is None and "perplexity" not in saved["best"] and "perplexity_before" not in saved
+    assert saved["test"]["accuracy"] == test.accuracy and saved["best"]["eval_loss"] == metrics.best.eval_loss
+    assert metrics.best.eval_loss == min(e.eval_loss for e in metrics.epochs)
+    assert (out / "confusion.png").exists() and abs(metrics.rows["train"] / 1000 - 0.64) < 0.01
     test_rows = pd.read_parquet(out / "test")  # 20% of every star class
-    assert (abs(test_rows["label"].value_counts() - 0.2 * pd.Series(metrics["classes"])) <= 1).all()
+    assert (abs(test_rows["label"].value_counts() - 0.2 * pd.Series(metrics.classes)) <= 1).all()
     classify = pipeline("text-classification", model=str(out / "model"))
     predicted = [p["label"] for p in classify(list(test_rows["text"]))]
     accuracy = np.mean(np.array(predicted) == test_rows["label"].to_numpy())
     # the same predictions (one may differ on a near-tie: the job pads per batch, the pipeline does not)
-    assert len(test_rows) == test["n"] and accuracy == pytest.approx(test["accuracy"], abs=1.01 / test["n"])
+    assert len(test_rows) == test.n and accuracy == pytest.approx(test.accuracy, abs=1.01 / test.n)
 
 
 @pytest.mark.slow
@@ -415,3 +417,13 @@ def test_ranks_with_equal_shards_make_the_same_number_of_steps():
         rows = np.concatenate([c["input_ids"] for c in full_batches(chunks(sizes), 16)])
         assert len(cut) == -(-1279 // 16) and all(n == 16 for n in cut[:-1]) and cut[-1] == 1279 % 16
         assert (rows == np.arange(1279)).all()  # every row once, in order
+
+
+def test_the_loop_config_is_derived_from_the_training_arguments():
+    from reviewlm.train.loop import LoopConfig
+
+    args = TrainArgs(task="stars", epochs=4, batch_size=8, whole_word_mask=0, seed=7, precision="bf16")
+    config = LoopConfig.derive(args, model="/abs/model", total_steps=12, labels=("1", "2"))
+    assert (config.task, config.epochs, config.batch_size, config.seed, config.precision) == ("stars", 4, 8, 7, "bf16")
+    assert config.learning_rate == 2e-4 and not config.whole_word and config.mask_probability == 0.15
+    assert (config.model, config.total_steps, config.labels, config.class_weights) == ("/abs/model", 12, ("1", "2"), ())

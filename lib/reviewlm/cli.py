@@ -11,11 +11,12 @@ import sys
 import traceback
 
 from reviewlm.errors import UsageError, usage_cause
-from reviewlm.io.readers import Columns
-from reviewlm.options import RunOptions, ScoreArgs, TrainArgs, add_options, from_options
+from reviewlm.io.layout import Columns
+from reviewlm.io.storage import FORMATS
+from reviewlm.models import DEFAULT_MODEL
+from reviewlm.options import PROMPTS_PER_PIECE, RunOptions, ScoreArgs, TrainArgs, add_options, from_options
+from reviewlm.results import ClassMetrics, FilterStats, PipelineResult, ScoreResult, TrainResult
 from reviewlm.runtime import VERBOSE
-
-FORMATS = ["csv", "tsv", "jsonl", "json", "parquet"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model to score, repeatable: hub id, local or s3:// directory, starter, tiny")
     p.add_argument("--output", required=True, help="output directory, local or s3://")
     p.add_argument("--prompts", nargs="+", metavar="URI", help="files or directories (local or s3://) of prompts, "
-                   "one per line, each with one or more [MASK]; read by Ray Data, a task per file")
+                   f"one per line, each with one or more [MASK]; read by Ray Data in runs of {PROMPTS_PER_PIECE:,}")
     p.add_argument("--templates", help="prompt templates over {brand} and {product} (text or YAML)")
     p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out texts to mask and score, or to classify")
     _columns(p, "text", "text_pair", "label", "id", "rating")
@@ -116,7 +117,7 @@ def _run(args, **given) -> RunOptions:
     return from_options(RunOptions, args, arguments=vars(args), **given)
 
 
-def run_filter(args) -> dict:
+def run_filter(args) -> FilterStats:
     from reviewlm.filters.recipe import load_recipe
     from reviewlm.filters.stage import filter_reviews
 
@@ -135,66 +136,65 @@ def format_funnel(stats) -> str:
     return "\n".join(lines)
 
 
-def run_train(args) -> dict:
+def run_train(args) -> TrainResult:
     from reviewlm.train.job import train_model
 
-    metrics = train_model(args.data, args.output, from_options(TrainArgs, args), columns=_columns_of(args),
-                          fmt=args.format, run=_run(args))
-    print(format_training(metrics))
+    result = train_model(args.data, args.output, from_options(TrainArgs, args), columns=_columns_of(args),
+                         fmt=args.format, run=_run(args))
+    print(format_training(result))
     print(f"wrote {args.output}")
-    return metrics
+    return result
 
 
-def format_training(metrics: dict) -> str:
-    """Before and after (the best epoch, which model/ holds), and the test split for stars."""
-    best = metrics["best"]
-    if metrics["task"] == "mlm":
-        what = f"perplexity {metrics['perplexity_before']:.2f} before, {best['perplexity']:.2f}"
+def format_training(result: TrainResult) -> str:
+    """Before and after (the best epoch, which model/ holds), and the test split of a classifier."""
+    best = result.best
+    if result.task == "mlm":
+        what = f"perplexity {result.before.perplexity:.2f} before, {best.perplexity:.2f}"
     else:
-        what = f"eval loss {metrics['eval_loss_before']:.3f} before, {best['eval_loss']:.3f}"
-    lines = [f"{metrics['task']} on {metrics['model']}: {what} after epoch {best['epoch']} of "
-             f"{metrics['epochs'][-1]['epoch']} (model/ holds the best epoch)"]
-    if "test" in metrics:
-        lines.append(f"test: {format_classes(metrics['test'])}")
+        what = f"eval loss {result.before.eval_loss:.3f} before, {best.eval_loss:.3f}"
+    lines = [f"{result.task} on {result.model}: {what} after epoch {best.epoch} of "
+             f"{result.epochs[-1].epoch} (model/ holds the best epoch)"]
+    if result.test:
+        lines.append(f"test: {format_classes(result.test)}")
     return "\n".join(lines)
 
 
-def format_classes(m: dict) -> str:
+def format_classes(m: ClassMetrics) -> str:
     """Accuracy, macro-F1 (and, for stars, binary and within-one) against the majority baseline."""
-    stars = f", binary {m['binary_accuracy']:.3f}, within one {m['within_one_accuracy']:.3f}" \
-        if "binary_accuracy" in m else ""
-    return (f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}{stars} on {m['n']} rows "
-            f"(majority baseline {m['majority_baseline']:.3f})")
+    stars = f", binary {m.binary_accuracy:.3f}, within one {m.within_one_accuracy:.3f}" if m.stars else ""
+    return (f"accuracy {m.accuracy:.3f}, macro-F1 {m.macro_f1:.3f}{stars} on {m.n} rows "
+            f"(majority baseline {m.majority_baseline:.3f})")
 
 
-def run_score(args) -> dict:
+def run_score(args) -> ScoreResult:
     from reviewlm.score.job import parse_models, score_models
     from reviewlm.score.prompts import gather_prompts, load_word_sets
 
-    summary = score_models(
+    result = score_models(
         parse_models(args.model), args.output, prompts=gather_prompts(args.prompts, args.templates, bool(args.corpus)),
         corpus=args.corpus, columns=_columns_of(args), word_sets=load_word_sets(args.words),
         args=from_options(ScoreArgs, args), run=_run(args))
-    print(format_scores(summary))
+    print(format_scores(result))
     print(f"report: {args.output.rstrip('/')}/report.html")
-    return summary
+    return result
 
 
-def format_scores(summary: dict) -> str:
+def format_scores(result: ScoreResult) -> str:
     lines = []
-    for name, m in summary["models"].items():
+    for name, m in result.models.items():
         parts = [f"{name:<10}"]
-        if "wanted_share" in m:
-            parts.append(f"wanted {m['wanted_share']:.2f} (mass {m['wanted_mass']:.3f})  "
-                         f"unwanted {m['unwanted_share']:.2f} (mass {m['unwanted_mass']:.3f})")
-        if "corpus" in m:
-            parts.append(f"acc@1 {m['corpus']['accuracy_at_1']:.3f}  pppl {m['corpus']['pseudo_perplexity']:.1f}")
-        for task in ("stars", "classify"):
-            if task in m:
-                parts.append(format_classes(m[task]) if "accuracy" in m[task] else f"{m[task]['rows']} rows, no labels")
+        if m.prompts:
+            p = m.prompts
+            parts.append(f"wanted {p.wanted_share:.2f} (mass {p.wanted_mass:.3f})  "
+                         f"unwanted {p.unwanted_share:.2f} (mass {p.unwanted_mass:.3f})")
+        if m.corpus:
+            parts.append(f"acc@1 {m.corpus.accuracy_at_1:.3f}  pppl {m.corpus.pseudo_perplexity:.1f}")
+        if m.labels:
+            parts.append(format_classes(m.labels.metrics) if m.labels.metrics else f"{m.labels.rows} rows, no labels")
         lines.append("  ".join(parts))
-    if summary.get("invalid_prompts"):
-        lines.append(f"{len(summary['invalid_prompts'])} prompt(s) could not be scored: see summary.json")
+    if result.invalid_prompts:
+        lines.append(f"{len(result.invalid_prompts)} prompt(s) could not be scored: see summary.json")
     return "\n".join(lines)
 
 
@@ -208,7 +208,7 @@ def run_synth(args) -> dict:
     return manifest
 
 
-def run_pipeline(args) -> dict:
+def run_pipeline(args) -> PipelineResult:
     from dataclasses import replace
 
     from reviewlm.pipeline import DEMO_ROWS, DEMO_TRAIN, PipelineArgs
@@ -223,13 +223,13 @@ def run_pipeline(args) -> dict:
                          columns=Columns(text=args.text_column), train=train)
     result = run(args.output, pargs, synth_rows=(args.rows or DEMO_ROWS) if demo else None,
                  run=_run(args, overwrite=demo or args.overwrite))
-    print(f"\nmodel: {train.model or 'distilbert-base-uncased'}"
-          + (" (offline starter, not distilbert-base-uncased)" if train.model == "starter" else ""))
+    note = f" (offline starter, not {DEFAULT_MODEL})" if train.model == "starter" else ""
+    print(f"\nmodel: {train.model_name}{note}")
     print(f"{'':6}{'wanted share':>14}{'unwanted share':>16}{'wanted mass':>13}{'unwanted mass':>15}")
-    for name, m in result["score"].items():
-        print(f"{name:6}{m['wanted_share']:>14.2f}{m['unwanted_share']:>16.2f}{m['wanted_mass']:>13.3f}"
-              f"{m['unwanted_mass']:>15.3f}")
-    print(f"report: {os.path.abspath(result['report']) if '://' not in result['report'] else result['report']}")
+    for name, m in result.score.models.items():
+        p = m.prompts
+        print(f"{name:6}{p.wanted_share:>14.2f}{p.unwanted_share:>16.2f}{p.wanted_mass:>13.3f}{p.unwanted_mass:>15.3f}")
+    print(f"report: {os.path.abspath(result.report) if '://' not in result.report else result.report}")
     return result
 
 

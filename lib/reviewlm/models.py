@@ -95,9 +95,18 @@ def build_tiny(target: Path) -> Path:
 
 
 def _save(model, target: Path) -> Path:
+    """Save without a progress bar (the console of a job that builds it stays its own)."""
+    from transformers.utils import logging
+
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
     _tokenizer().save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # atomic: a half-built model is never reused

@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Literal
 
 from reviewlm.errors import UsageError
+from reviewlm.models import DEFAULT_MODEL
 
 
 def option(default=MISSING, *, help: str, type=None, default_factory=MISSING):  # noqa: A002 - argparse's names
@@ -65,7 +66,7 @@ def from_options(cls, namespace: argparse.Namespace, **given):
     return cls(**{**{k: v for k, v in vars(namespace).items() if k in known}, **given})
 
 
-SPLIT_MB = 64  # files larger than this many MB are read in ranges (see reviewlm.io.readers.split_file)
+SPLIT_MB = 64  # files larger than this many MB are read in ranges (see reviewlm.io.pieces.split_file)
 
 
 def delimiter(value: str) -> str:
@@ -110,6 +111,8 @@ class RunOptions:
         return max(1, int(self.split_mb * (1 << 20)))
 
 
+PROMPTS_PER_PIECE = 1024  # score: at most this many prompts per read task and block
+MATERIALIZED = 8  # train --streaming auto: the object store a materialized corpus needs, in input bytes
 STREAM_EVAL_BLOCKS = 10_000  # streaming: the eval set, materialized, is at most this many blocks by default
 
 # Measured on 1,000 reviews, 2 epochs, batch 16 x 2 workers (bench/RESULTS.md): a classifier
@@ -125,7 +128,7 @@ class TrainArgs:
     task: Literal["mlm", "classify", "stars"] = option(
         "mlm", help="mlm: masked-LM domain adaptation; classify: the --label-column classes of texts or pairs; "
                     "stars: the 1-5 rating as classes")
-    model: str | None = option(None, help="hub id (default distilbert-base-uncased), local or s3:// directory, "
+    model: str | None = option(None, help=f"hub id (default {DEFAULT_MODEL}), local or s3:// directory, "
                                           "starter or tiny (offline)")
     epochs: int = option(3, help="passes over the training split")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
@@ -141,8 +144,8 @@ class TrainArgs:
                                                      f"{STREAM_EVAL_BLOCKS:,} blocks unless given)")
     streaming: Literal["auto", "on", "off"] = option(
         "auto", help="mlm: tokenize while the workers train, the corpus never held in the object store; off: "
-                     "materialize it (the same losses every run); auto: stream when the input is over 1/8 of "
-                     "the object store")
+                     "materialize it (the same losses every run); auto: stream when the input is over "
+                     f"1/{MATERIALIZED} of the object store")
     num_workers: int = option(2, help="Ray Train workers")
     use_gpu: bool = option(False, help="one GPU per worker")
     precision: Literal["fp32", "fp16", "bf16"] = option("fp32", help="AMP on GPU")
@@ -179,6 +182,10 @@ class TrainArgs:
                 raise UsageError("{o} must be between 0 and 1", o=name)
 
     @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL
+
+    @property
     def learning_rate(self) -> float:
         return self.lr or DEFAULT_LR[self.task]
 
@@ -202,7 +209,8 @@ class ScoreArgs:
     batch_size: int = option(256, help="rows per actor call")
     num_actors: int | None = option(None, help="actors per model (default: one per CPU, or GPU)")
     use_gpu: bool = option(False, help="one GPU per actor, fp16")
-    train_metrics: str | None = option(None, help="a train job's metrics.json, for the loss curve")
+    train_metrics: str | None = option(None, help="a train job's metrics.json, for its loss curve (a model given "
+                                                  "as a train output's model/ gets its curve and perplexity anyway)")
     filter_stats: str | None = option(None, help="a filter job's stats.json, for the funnel")
 
     def __post_init__(self):

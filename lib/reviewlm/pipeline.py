@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from reviewlm.errors import UsageError
 from reviewlm.filters.recipe import load_recipe
 from reviewlm.filters.stage import filter_reviews
-from reviewlm.io.readers import Columns
+from reviewlm.io.layout import Columns
 from reviewlm.io.storage import OutputDir
 from reviewlm.options import RunOptions
+from reviewlm.results import PipelineResult
 from reviewlm.score.job import ScoreArgs, score_models
 from reviewlm.score.prompts import REFERENCE_PROMPTS, load_word_sets
 from reviewlm.synth import write_synth
@@ -36,7 +37,7 @@ class PipelineArgs:
 
 
 def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = None, run: RunOptions = RunOptions(),
-                 log=print) -> dict:
+                 log=print) -> PipelineResult:
     """Run every stage into `output/{corpus,filter,train_v1,train_v2,score}`; return the summary."""
     base = output.rstrip("/")
     recipe = load_recipe(args.recipe)
@@ -58,26 +59,18 @@ def run_pipeline(output: str, args: PipelineArgs, *, synth_rows: int | None = No
         trained = {}
         for name, data in (("v1", inputs), ("v2", [f"{base}/filter/kept"])):
             what = "all reviews" if name == "v1" else "the kept reviews"
-            model = args.train.model or "distilbert-base-uncased"
-            log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({model}) -> {base}/train_{name}")
+            log(f"[{next(step)}/{stages}] fine-tuning {name} on {what} ({args.train.model_name}) "
+                f"-> {base}/train_{name}")
             trained[name] = train_model(data, f"{base}/train_{name}", args.train, columns=args.columns, run=stage)
-            best = trained[name]["best"]
-            log(f"  perplexity {trained[name]['perplexity_before']:.1f} -> {best['perplexity']:.2f} "
-                f"after {best['step']} steps")
+            best = trained[name].best
+            log(f"  perplexity {trained[name].before.perplexity:.1f} -> {best.perplexity:.2f} after {best.step} steps")
         log(f"[{next(step)}/{stages}] scoring base, v1 and v2 -> {base}/score")
-        summary = score_models({"base": args.train.model or "distilbert-base-uncased",
-                                "v1": f"{base}/train_v1/model", "v2": f"{base}/train_v2/model"},
-                               f"{base}/score", prompts=args.prompts, word_sets=load_word_sets(None),
-                               args=ScoreArgs(train_metrics=f"{base}/train_v2/metrics.json",
-                                              filter_stats=f"{base}/filter/stats.json"), run=stage)
-        result = {"filter": {k: getattr(stats, k) for k in ("rows_read", "kept", "rejected", "quarantined")},
-                  "train": {n: {"perplexity_before": m["perplexity_before"],
-                                "perplexity_after": m["best"]["perplexity"], "best_epoch": m["best_epoch"],
-                                "steps": m["epochs"][-1]["step"]} for n, m in trained.items()},
-                  "score": {n: {k: m.get(k) for k in ("wanted_share", "unwanted_share", "wanted_mass",
-                                                      "unwanted_mass", "mean_filled_vader")}
-                            for n, m in summary["models"].items()},
-                  "report": f"{base}/score/report.html", "wall_time_s": round(time.time() - started, 1)}
-        log(f"[{next(step)}/{stages}] done in {result['wall_time_s']:.0f} s")
-        out.commit(run.arguments, [], {"stages": stages}, {"pipeline.json": result})
+        scores = score_models({"base": args.train.model_name, "v1": f"{base}/train_v1/model",
+                               "v2": f"{base}/train_v2/model"},
+                              f"{base}/score", prompts=args.prompts, word_sets=load_word_sets(None),
+                              args=ScoreArgs(filter_stats=f"{base}/filter/stats.json"), run=stage)
+        result = PipelineResult(filter=stats, train=trained, score=scores, report=f"{base}/score/report.html",
+                                wall_time_s=round(time.time() - started, 1))
+        log(f"[{next(step)}/{stages}] done in {result.wall_time_s:.0f} s")
+        out.commit(run.arguments, [], {"stages": stages}, {"pipeline.json": result.to_json()})
         return result

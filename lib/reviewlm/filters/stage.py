@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,17 +17,16 @@ import pyarrow.compute as pc
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
-from reviewlm.io.readers import CANONICAL, Columns, check_inputs, quarantine_hint, read_reviews
+from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
+from reviewlm.io.readers import check_inputs, quarantine_hint, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
+from reviewlm.results import FilterStats, StepStats
 from reviewlm.runtime import init_ray
 
-ROW_FIELDS = [f for f in CANONICAL if not f.name.startswith("_")]
 ERROR_KIND = "_error_kind"  # a quarantine error with its numbers as N, counted per kind
 QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
-QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
-                               ("raw", pa.string()), ("error", pa.string())])
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -65,7 +63,7 @@ def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
     batch = batch.append_column("dropped_by", pa.array(dropped_by, pa.string()))
     if mode == "annotate":
         batch = batch.append_column("keep", pa.array(alive))
-    batch = batch.rename_columns({"_row": "row", "_raw": "raw", "_error": "error"})
+    batch = batch.rename_columns({k: v for k, v in QUARANTINE.items() if k != v})
     kind = pc.replace_substring_regex(batch["error"], pattern=r"([\s(])\d+", replacement=r"\1N")  # counted by kind
     return batch.append_column(ERROR_KIND, kind).append_column("_route", pa.array(route))
 
@@ -78,35 +76,6 @@ def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
     return {"kept": pa.schema(ROW_FIELDS + scores),
             "rejected": pa.schema(ROW_FIELDS + scores + [pa.field("dropped_by", pa.string())]),
             "quarantine": QUARANTINE_SCHEMA}
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """One filter's line of the funnel."""
-
-    name: str
-    seen: int
-    passed: int
-    dropped: int
-
-
-@dataclass(frozen=True)
-class FilterStats:
-    """What a filter job did (stats.json), like DataTrove's `PipelineStats`: the totals
-    (`kept + rejected + quarantined == rows_read`) and the funnel in filter order."""
-
-    rows_read: int
-    kept: int
-    rejected: int
-    quarantined: int
-    mode: str
-    filters: tuple[StepStats, ...]
-    wall_time_s: float
-    ray_start_s: float
-    would_keep: int | None = None  # annotate mode: rows that pass every filter
-
-    def to_json(self) -> dict:
-        return {k: list(v) if k == "filters" else v for k, v in asdict(self).items() if v is not None}
 
 
 def funnel(expr: Expr, parsed: int, dropped: dict[str, int]) -> tuple[StepStats, ...]:
@@ -150,8 +119,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         if stats.rows_read == 0:
             raise UsageError(f"input has no rows: {', '.join(f.uri for f in source.files[:3])}")
         _check_quarantine(stats, sink.result["counted"][ERROR_KIND], source)
-        counts = {k: getattr(stats, k) for k in ("rows_read", "kept", "rejected", "quarantined")}
-        out.commit(run.arguments, fingerprints(source), counts, {"stats.json": stats.to_json()})
+        out.commit(run.arguments, fingerprints(source), stats.totals, {"stats.json": stats.to_json()})
         return stats
 
 

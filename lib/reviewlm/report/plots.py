@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from reviewlm.results import FilterStats, ScoreResult, TrainResult  # noqa: E402
+
 COLORS = {"wanted": "#2e8b57", "unwanted": "#c0392b", "other": "#8c8c8c"}
 
 
@@ -45,15 +47,14 @@ def topk_bars(prompt: str, preds: pd.DataFrame, models: list[str], word_sets: di
     return _png(fig, bottom=0.08)
 
 
-def summary_bars(summary: dict) -> bytes:
+def summary_bars(summary: ScoreResult) -> bytes:
     """Wanted/unwanted share and probability mass in the top k, per model."""
-    models = [m for m, v in summary["models"].items() if "wanted_share" in v]
+    models = {name: m.prompts for name, m in summary.models.items() if m.prompts}
     keys = ["wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.8 / max(len(models), 1)
-    for i, model in enumerate(models):
-        ax.bar([k + i * width for k in range(len(keys))], [summary["models"][model][k] for k in keys],
-               width, label=model)
+    for i, (model, scores) in enumerate(models.items()):
+        ax.bar([k + i * width for k in range(len(keys))], [getattr(scores, k) for k in keys], width, label=model)
     ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))],
                   ["wanted share", "unwanted share", "wanted mass", "unwanted mass"])
     ax.set(title="Wanted and unwanted words in the top k (mean over prompts)", ylabel="fraction")
@@ -74,31 +75,33 @@ def substitution_bars(title: str, entry: dict) -> bytes:
     return _png(fig)
 
 
-def loss_curve(metrics: dict) -> bytes:
-    """Train and eval loss, and eval perplexity (masked LM) or accuracy, per epoch; model/ is the best."""
-    epochs = metrics["epochs"]
-    xs = [0] + [e["epoch"] for e in epochs]
-    second = "perplexity" if "perplexity_before" in metrics else "eval_accuracy"
+def loss_curve(result: TrainResult) -> bytes:
+    """Train and eval loss, and eval perplexity (masked LM, on a log scale: it falls by orders of
+    magnitude) or accuracy, per epoch; model/ is the best."""
+    epochs = result.epochs
+    xs = [0] + [e.epoch for e in epochs]
+    second = "perplexity" if result.task == "mlm" else "eval_accuracy"
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(xs[1:], [e["train_loss"] for e in epochs], "o-", label="train loss")
-    a.plot(xs, [metrics["eval_loss_before"]] + [e["eval_loss"] for e in epochs], "s-", label="eval loss")
-    b.plot(xs, [metrics[f"{second}_before"]] + [e[second] for e in epochs], "s-", color="C2")
+    a.plot(xs[1:], [e.train_loss for e in epochs], "o-", label="train loss")
+    a.plot(xs, [e.eval_loss for e in (result.before, *epochs)], "s-", label="eval loss")
+    b.plot(xs, [getattr(e, second) for e in (result.before, *epochs)], "s-", color="C2")
     for ax in (a, b):
-        ax.axvline(metrics["best_epoch"], color="grey", linestyle=":", label="best (model/)")
-    a.set(title=f"Loss ({metrics.get('model')})", xlabel="epoch", ylabel="loss")
+        ax.axvline(result.best.epoch, color="grey", linestyle=":", label="best (model/)")
+    a.set(title=f"Loss ({result.model})", xlabel="epoch", ylabel="loss")
     a.legend()
-    b.set(title=f"Eval {second.replace('eval_', '')} (epoch 0: before training)", xlabel="epoch",
-          ylabel=second.replace("eval_", ""))
+    name, log = second.replace("eval_", ""), result.task == "mlm"
+    b.set(title=f"Eval {name} (epoch 0: before training)", xlabel="epoch", yscale="log" if log else "linear",
+          ylabel=f"{name} (log scale)" if log else name)
     return _png(fig)
 
 
-def funnel(stats: dict) -> bytes:
-    steps = stats["filters"]
+def funnel(stats: FilterStats) -> bytes:
+    steps = stats.filters
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(steps) + 1.4))
-    names = [s["name"] for s in steps][::-1]
-    ax.barh(names, [s["seen"] for s in steps][::-1], color="#d5d8dc", label="seen")
-    ax.barh(names, [s["passed"] for s in steps][::-1], color=COLORS["wanted"], label="passed")
-    ax.set(title=f"Filter funnel: {stats['kept']} of {stats['rows_read']} rows kept", xlabel="rows")
+    names = [s.name for s in steps][::-1]
+    ax.barh(names, [s.seen for s in steps][::-1], color="#d5d8dc", label="seen")
+    ax.barh(names, [s.passed for s in steps][::-1], color=COLORS["wanted"], label="passed")
+    ax.set(title=f"Filter funnel: {stats.kept} of {stats.rows_read} rows kept", xlabel="rows")
     ax.legend()
     return _png(fig)
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import pandas as pd
 import ray
 from ray.data import ActorPoolStrategy
 
 from reviewlm.errors import UsageError
-from reviewlm.io.readers import Columns, check_inputs, read_reviews, with_text
+from reviewlm.io.layout import Columns
+from reviewlm.io.readers import check_inputs, read_reviews, with_text
 from reviewlm.io.sink import RoutedParquetSink
-from reviewlm.io.storage import OutputDir, fingerprints, read_json
-from reviewlm.models import portable_ref, resolve_model
+from reviewlm.io.storage import OutputDir, filesystem, fingerprints, read_json
+from reviewlm.models import OFFLINE, portable_ref, resolve_model
 from reviewlm.options import RunOptions, ScoreArgs
+from reviewlm.results import FilterStats, ModelScores, ScoreResult, TrainResult
 from reviewlm.runtime import init_ray
 from reviewlm.score import metrics as M
 from reviewlm.score import scorer as S
@@ -44,6 +47,19 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
+def _trained(models: dict[str, str]) -> dict[str, TrainResult]:
+    """The train results of the models that are a `reviewlm train` output's model/ (REF is OUT/model)."""
+    found = {}
+    for name, ref in models.items():
+        parent, _, leaf = ref.rstrip("/").rpartition("/")
+        if leaf != "model" or ref in OFFLINE:
+            continue
+        fs, path = filesystem(parent or ".")
+        if fs.exists(f"{path}/_SUCCESS") and fs.exists(f"{path}/metrics.json"):
+            found[name] = TrainResult.from_json(read_json(f"{parent or '.'}/metrics.json"))
+    return found
+
+
 def _read(out: OutputDir, route: str, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
     """The columns (and rows, by a pyarrow filter) of one output the driver needs: no more."""
     path = f"{out.tmp}/{route}"
@@ -67,7 +83,7 @@ def _shown_prompts(out: OutputDir) -> pd.DataFrame:
 def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list[str],
                  corpus: list[str] | None = None,
                  columns: Columns = Columns(), word_sets: dict, args: ScoreArgs = ScoreArgs(),
-                 run: RunOptions = RunOptions()) -> dict:
+                 run: RunOptions = RunOptions()) -> ScoreResult:
     """Score every model on the prompts (and the corpus); write predictions, summary, report."""
     task, use_gpu = args.task, args.use_gpu
     prompts = prompts if isinstance(prompts, Prompts) else Prompts(items=tuple(prompts))
@@ -81,8 +97,9 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
     classes = {name: S.class_names(AutoConfig.from_pretrained(path), task)
                for name, path in paths.items()} if task != "mlm" else {}
     texts = check_inputs(corpus, columns, delimiter=run.delimiter, encoding=run.encoding) if corpus else None
-    extras = {"train": read_json(args.train_metrics) if args.train_metrics else None,
-              "filter": read_json(args.filter_stats) if args.filter_stats else None}
+    trained = _trained(models) | ({"train_metrics": TrainResult.from_json(read_json(args.train_metrics))}
+                                  if args.train_metrics else {})
+    funnel = FilterStats.from_json(read_json(args.filter_stats)) if args.filter_stats else None
     out = OutputDir(output, "score", run.overwrite).prepare()
     started = time.time()
     with out:
@@ -92,17 +109,18 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                   "corpus": S.CORPUS, "labels": S.LABELS}
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             if task == "mlm" and len(prompts):
-                scorer_args = (name, ref, use_gpu, args.top_k, word_sets, SUBSTITUTION_PROMPTS)
+                scorer = {"name": name, "ref": ref, "use_gpu": use_gpu, "top_k": args.top_k, "word_sets": word_sets,
+                          "substitution_prompts": SUBSTITUTION_PROMPTS}
                 actors = min(pool, -(-len(prompts) // args.batch_size))  # no actor without a batch to score
                 prompts.dataset(actors).map_batches(
-                    S.MaskScorer, fn_constructor_args=scorer_args, batch_size=args.batch_size, batch_format="numpy",
+                    S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
                     compute=ActorPoolStrategy(size=actors), **per_actor,
                 ).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
             if corpus:
                 reviews = read_reviews(texts, columns, run.split_bytes).map_batches(with_text, batch_format="pyarrow")
                 actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
-                actor_args = (name, ref, use_gpu) + ((task,) if task != "mlm" else ())
-                scored = reviews.map_batches(actor, fn_constructor_args=actor_args, batch_size=args.batch_size,
+                actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | ({"task": task} if task != "mlm" else {})
+                scored = reviews.map_batches(actor, fn_constructor_kwargs=actor_args, batch_size=args.batch_size,
                                              batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
                                              **per_actor)
                 scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
@@ -112,12 +130,10 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         shown = _shown_prompts(out)
         predictions = _read(out, "predictions", filters=[("prompt_index", "in", shown["prompt_index"].tolist())]
                             if len(shown) else None)
-        write_report(out, summary, predictions, shown, extras)
-        counts = {"models": len(models), "prompts": len(prompts),
-                  "reviews": summary.get("corpus_reviews", 0)}
-        out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary})
-        summary["wall_time_s"] = round(time.time() - started, 2)
-        return summary
+        write_report(out, summary, predictions, shown, top_k=args.top_k, trained=trained, funnel=funnel)
+        counts = {"models": len(models), "prompts": len(prompts), "reviews": summary.corpus_reviews or 0}
+        out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary.to_json()})
+        return replace(summary, wall_time_s=round(time.time() - started, 2))
 
 
 def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
@@ -137,39 +153,32 @@ def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
     return pool, {"num_cpus": 1}, min(pool, cpus - 1)
 
 
-def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict) -> dict:
+def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict) -> ScoreResult:
     """summary.json, from the columns each figure needs: the driver never holds a whole output."""
     from transformers import AutoTokenizer
 
     masks = _read(out, "masks", ["model", "prompt_index", "wanted_share", "unwanted_share", "wanted_mass",
                                  "unwanted_mass", "first_wanted_rank"])
     prompts = _read(out, "prompts", ["model", "error", "filled_vader"])
-    summary = {"task": task, "word_sets": word_sets,
-               "models": {name: {"ref": ref, "path": paths[name]} for name, ref in models.items()}}
-    if len(masks):
-        for name, values in M.prompt_summary(masks, prompts).items():
-            summary["models"][name].update(values)
+    scored = {"prompts": M.prompt_summary(masks, prompts) if len(masks) else {}}
     invalid = _read(out, "prompts", ["model", "prompt_index", "prompt", "error"],
                     filters=[("model", "==", next(iter(models))), ("error", "!=", "")]) if len(prompts) else prompts
-    summary["invalid_prompts"] = ([] if not len(invalid) else
-                                  invalid.sort_values("prompt_index")[["prompt_index", "prompt", "error"]]
-                                  .to_dict("records"))
+    invalid = tuple({"prompt_index": int(r.prompt_index), "prompt": r.prompt, "error": r.error}
+                    for r in invalid.sort_values("prompt_index").itertuples()) if len(invalid) else ()
     corpus = _read(out, "corpus", ["model", "n_masked", "correct_at_1", "correct_at_10", "nll_sum"])
-    if len(corpus):
-        for name, values in M.corpus_summary(corpus).items():
-            summary["models"][name]["corpus"] = values
-        summary["corpus_reviews"] = int(corpus.groupby("model").size().max())
-    scored = _read(out, "labels", ["model", "label", "predicted", "nll"])
-    if len(scored):
-        for name, values in M.labels_summary(scored, classes, stars=task == "stars").items():
-            summary["models"][name][task] = values
-        summary["corpus_reviews"] = int(scored.groupby("model").size().max())
-    names = list(models)
+    labelled = _read(out, "labels", ["model", "label", "predicted", "nll"])
+    scored["corpus"] = M.corpus_summary(corpus) if len(corpus) else {}
+    scored["labels"] = M.labels_summary(labelled, classes, stars=task == "stars") if len(labelled) else {}
+    reviews = corpus if len(corpus) else labelled
+    names, substitutions = list(models), {}
     if len(masks) and len(names) > 1:
         masks = _read(out, "masks", ["model", "prompt_index", "mask_index", "top_ids", "top_probs"],
                       filters=[("prompt_index", "<", SUBSTITUTION_PROMPTS)])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
-        summary["substitutions"] = {
-            f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
-            for other in names[1:]}
-    return M.as_jsonable(summary)
+        substitutions = {f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
+                         for other in names[1:]}
+    return ScoreResult(
+        task=task, word_sets=word_sets, invalid_prompts=invalid, substitutions=substitutions,
+        models={name: ModelScores(ref=ref, path=paths[name], **{k: v.get(name) for k, v in scored.items()})
+                for name, ref in models.items()},
+        corpus_reviews=int(reviews.groupby("model").size().max()) if len(reviews) else None)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
-from reviewlm.metrics import classification_metrics, confusion_matrix, star_metrics
+from reviewlm.metrics import classification_metrics, confusion_matrix, perplexity, star_metrics
+from reviewlm.results import CorpusScores, LabelScores, PromptScores
 
 
 def _mean(values: pd.Series) -> float:
@@ -16,49 +16,48 @@ def _mean(values: pd.Series) -> float:
     return math.fsum(values) / len(values) if len(values) else math.nan
 
 
-def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict:
+def prompt_summary(masks: pd.DataFrame, prompts: pd.DataFrame) -> dict[str, PromptScores]:
     """Per model: mean wanted/unwanted share and mass in the top k, first wanted rank, VADER."""
     out = {}
     for model, m in masks.groupby("model"):
         p = prompts[(prompts["model"] == model) & prompts["error"].isna()]
-        out[model] = {
-            "prompts_scored": int(len(p)), "masks_scored": int(len(m)),
+        out[model] = PromptScores(
+            prompts_scored=int(len(p)), masks_scored=int(len(m)),
             **{name: _mean(m[name]) for name in ("wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass")},
-            "median_first_wanted_rank": float(m["first_wanted_rank"].median()),
-            "mean_filled_vader": _mean(p["filled_vader"]),
-        }
+            median_first_wanted_rank=float(m["first_wanted_rank"].median()),
+            mean_filled_vader=_mean(p["filled_vader"]))
     return out
 
 
-def corpus_summary(corpus: pd.DataFrame) -> dict:
+def corpus_summary(corpus: pd.DataFrame) -> dict[str, CorpusScores]:
     out = {}
     for model, c in corpus.groupby("model"):
         n = int(c["n_masked"].sum())
-        out[model] = {"reviews": int(len(c)), "masked_tokens": n,
-                      "accuracy_at_1": float(c["correct_at_1"].sum() / max(n, 1)),
-                      "accuracy_at_10": float(c["correct_at_10"].sum() / max(n, 1)),
-                      "pseudo_perplexity": float(math.exp(min(c["nll_sum"].sum() / max(n, 1), 50)))}
+        out[model] = CorpusScores(reviews=int(len(c)), masked_tokens=n,
+                                  accuracy_at_1=float(c["correct_at_1"].sum() / max(n, 1)),
+                                  accuracy_at_10=float(c["correct_at_10"].sum() / max(n, 1)),
+                                  pseudo_perplexity=perplexity(c["nll_sum"].sum() / max(n, 1)))
     return out
 
 
-def labels_summary(scored: pd.DataFrame, labels: dict[str, list[str]], stars: bool) -> dict:
+def labels_summary(scored: pd.DataFrame, labels: dict[str, list[str]], stars: bool) -> dict[str, LabelScores]:
     """Per model: predicted class counts and, over the rows with a known label, the metrics
     (`star_metrics` for stars); `labels` holds each model's classes in id order."""
     out = {}
     for model, r in scored.groupby("model"):
         names = labels[model]
         index = {label: i for i, label in enumerate(names)}
-        entry = {"rows": int(len(r)), "labels": names,
-                 "predicted_distribution": {k: int((r["predicted"] == k).sum()) for k in names}}
         labelled = r.dropna(subset=["label"])
         known = labelled[labelled["label"].isin(list(index))]
-        if len(labelled):
-            entry["unknown_labels"] = int(len(labelled) - len(known))
+        metrics = mean_nll = None
         if len(known):
             cm = confusion_matrix(known["label"].map(index), known["predicted"].map(index), n=len(names))
-            entry.update(star_metrics(cm) if stars else classification_metrics(cm, names))
-            entry["mean_nll"] = float(known["nll"].mean())
-        out[model] = entry
+            metrics = star_metrics(cm) if stars else classification_metrics(cm, names)
+            mean_nll = float(known["nll"].mean())
+        out[model] = LabelScores(rows=int(len(r)), labels=tuple(names),
+                                 predicted_distribution={k: int((r["predicted"] == k).sum()) for k in names},
+                                 unknown_labels=int(len(labelled) - len(known)) if len(labelled) else None,
+                                 metrics=metrics, mean_nll=mean_nll)
     return out
 
 
@@ -77,15 +76,3 @@ def substitutions(masks: pd.DataFrame, base: str, other: str, decode, n: int = 1
                     "rose": [{"token": decode(t), "delta": float(d)} for t, d in ranked[::-1][:n] if d > 0],
                     "fell": [{"token": decode(t), "delta": float(d)} for t, d in ranked[:n] if d < 0]})
     return out
-
-
-def as_jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: as_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [as_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if math.isnan(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

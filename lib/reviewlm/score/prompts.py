@@ -16,6 +16,7 @@ from ray.data.datasource import Datasource, ReadTask
 from reviewlm import words as wordlists
 from reviewlm.errors import UsageError
 from reviewlm.io.storage import files_under, filesystem, full_uri, on_one_filesystem
+from reviewlm.options import PROMPTS_PER_PIECE
 
 MASK = "[MASK]"
 REFERENCE_PROMPTS = [
@@ -58,7 +59,6 @@ def read_prompts(uri: str) -> list[str]:
 
 
 OFFSET_STRIDE = 64  # a prompt file's byte offset is kept for every 64th prompt
-PROMPTS_PER_PIECE = 1024  # at most this many prompts per read task and block
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class _ModelActor:
 class MaskScorer(_ModelActor):
     """Top-k fills and word-set metrics for prompts with one or more [MASK]."""
 
-    def __init__(self, name, ref, use_gpu, top_k, word_sets, substitution_prompts, micro_batch=64):
+    def __init__(self, name: str, ref: str, use_gpu: bool, top_k: int, word_sets: dict[str, list[str]],
+                 substitution_prompts: int, micro_batch: int = 64):
         super().__init__(name, ref, use_gpu)
         self.top_k, self.micro, self.subst = top_k, micro_batch, substitution_prompts
         self.head = mask_head(self.model)
@@ -172,7 +173,8 @@ def mask_words(text: str, key: str, fraction: float, tok, seed: int) -> tuple[li
 class CorpusScorer(_ModelActor):
     """Masked-token accuracy@1/@10 and pseudo-perplexity on held-out reviews."""
 
-    def __init__(self, name, ref, use_gpu, fraction=0.15, seed=0, micro_batch=16):
+    def __init__(self, name: str, ref: str, use_gpu: bool, fraction: float = 0.15, seed: int = 0,
+                 micro_batch: int = 16):
         super().__init__(name, ref, use_gpu)
         self.fraction, self.seed, self.micro = fraction, seed, micro_batch
 
@@ -220,7 +222,7 @@ class ClassifyScorer(_ModelActor):
     for stars), each row also gets the true label and its negative log-likelihood.
     """
 
-    def __init__(self, name, ref, use_gpu, task: str = "classify", micro_batch: int = 32):
+    def __init__(self, name: str, ref: str, use_gpu: bool, task: str = "classify", micro_batch: int = 32):
         super().__init__(name, ref, use_gpu, task="classify")
         self.labels = class_names(self.model.config, task)
         self.index = {label: i for i, label in enumerate(self.labels)}

@@ -13,6 +13,7 @@ from ray.data.expressions import col
 from ray.train import DataConfig
 
 from reviewlm.errors import UsageError
+from reviewlm.io.layout import QUARANTINE
 from reviewlm.train.masking import BlockMasker
 
 
@@ -24,7 +25,6 @@ def split_bucket(ids: list[str], seed: int) -> np.ndarray:
 
 DATA_CPUS = 0.25  # streaming: CPU of each read or tokenize task; each CPU worker leaves this much of its own
 STREAM_BLOCK_BYTES = 4 << 20  # streaming: blocks of at most this size (Ray's default, 128 MB, spills a small store)
-QUARANTINE = {"id": "id", "source": "source", "_row": "row", "_raw": "raw", "_error": "error"}
 
 
 def training_rows(batch: pa.Table, task: str) -> pa.Table:

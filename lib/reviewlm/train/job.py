@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import ray
 import torch
@@ -16,17 +16,19 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from reviewlm.errors import UsageError
-from reviewlm.io.readers import Columns, ReviewDatasource, check_inputs, plan_pieces, read_reviews, read_source
+from reviewlm.io.layout import Columns
+from reviewlm.io.pieces import plan_pieces
+from reviewlm.io.readers import ReviewDatasource, check_inputs, read_reviews, read_source
 from reviewlm.io.storage import OutputDir, arrow_filesystem, compressed, filesystem, fingerprints
 from reviewlm.metrics import STARS, classification_metrics, confusion_matrix, imbalance, star_metrics
 from reviewlm.models import portable_ref, resolve_model
-from reviewlm.options import STREAM_EVAL_BLOCKS, RunOptions, TrainArgs
+from reviewlm.options import MATERIALIZED, STREAM_EVAL_BLOCKS, RunOptions, TrainArgs
+from reviewlm.results import ClassMetrics, Epoch, Evaluation, TrainResult
 from reviewlm.runtime import init_ray
 from reviewlm.train import data
 from reviewlm.train.loop import STATE, LoopConfig, train_func
 
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
-MATERIALIZED = 8  # --streaming auto: the object store a materialized corpus needs, in input bytes
 COMPRESSION = 5  # --streaming auto: a compressed file's bytes, counted this many times
 
 
@@ -156,7 +158,7 @@ def _streamed(source, args: TrainArgs, tokenizer, out: OutputDir):
 
 
 def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Columns = Columns(),
-                fmt: str | None = None, run: RunOptions = RunOptions()) -> dict:
+                fmt: str | None = None, run: RunOptions = RunOptions()) -> TrainResult:
     """Fine-tune `args.model` on the reviews in `inputs`; write model/, metrics.json, plots.
 
     model/ is the checkpoint with the lowest eval loss (like `load_best_model_at_end`); the
@@ -196,10 +198,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         steps_per_epoch = math.ceil(train_rows / args.batch_size / args.num_workers) if train_rows is not None else None
         total = min(args.max_steps or 10**12, steps_per_epoch * args.epochs if steps_per_epoch else 10**12)
         warnings += _few_steps(total, steps_per_epoch, args) + _unbalanced(classes, args)
-        config = LoopConfig(task=args.task, model=portable_ref(args.model), epochs=args.epochs, total_steps=total,
-                            batch_size=args.batch_size, lr=args.learning_rate, seed=args.seed, precision=args.precision,
-                            whole_word=args.whole_word, mask_probability=args.mask_probability,
-                            labels=tuple(labels or ()), class_weights=_weights(classes, args))
+        config = LoopConfig.derive(args, model=portable_ref(args.model), total_steps=total, labels=tuple(labels or ()),
+                                   class_weights=_weights(classes, args))
         storage_uri = (args.storage or out.uri).rstrip("/") + "/checkpoints"
         sfs, spath = filesystem(storage_uri)
         run_config = RunConfig(name="run", storage_path=spath if "file" not in sfs.protocol else os.path.abspath(spath),
@@ -215,17 +215,17 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
                                run_config=run_config, datasets=datasets,
                                dataset_config=data.FixedShards(datasets, args.num_workers,
                                                                stream=("train",) if stream else ()))
-        result = trainer.fit()
-        metrics = _metrics(result, args, model_path, counts, warnings) | {"streaming": stream}
-        _export(result.get_best_checkpoint("eval_loss", "min"), out)
+        fitted = trainer.fit()
+        _export(fitted.get_best_checkpoint("eval_loss", "min"), out)
+        result = _result(fitted, args, model_path, counts, warnings, stream)
         if labels:
-            metrics.update(labels=labels, classes=classes, class_weights=list(config.class_weights) or None)
-            metrics["test"] = _test_metrics(splits["test"], out.tmp_uri("model"), args.use_gpu, labels,
-                                            stars=args.task == "stars")
-        _plots(metrics, out)
-        out.commit(run.arguments or asdict(args), fingerprints(data_in), counts, {"metrics.json": metrics})
-        metrics["wall_time_s"] = round(time.time() - started, 1)
-        return metrics
+            test, loss = _test_metrics(splits["test"], out.tmp_uri("model"), args.use_gpu, labels,
+                                       stars=args.task == "stars")
+            result = replace(result, labels=tuple(labels), classes=classes, class_weights=config.class_weights,
+                             test=test, test_loss=loss)
+        _plots(result, out)
+        out.commit(run.arguments or asdict(args), fingerprints(data_in), counts, {"metrics.json": result.to_json()})
+        return replace(result, wall_time_s=round(time.time() - started, 1))
 
 
 def _warn(message: str) -> list[str]:
@@ -281,35 +281,33 @@ def _weights(classes: dict[str, int] | None, args: TrainArgs) -> tuple[float, ..
     return tuple(round(n / (k * v), 6) if v else 0.0 for v in classes.values())
 
 
-def _metrics(result, args: TrainArgs, model_path: str, counts: dict, warnings: list[str]) -> dict:
-    """The run's history (kept in its latest checkpoint) and the epoch model/ comes from."""
-    if result.checkpoint is None:
+def _result(fitted, args: TrainArgs, model_path: str, counts: dict, warnings: list[str],
+            streaming: bool) -> TrainResult:
+    """The run's history, kept in its latest checkpoint."""
+    if fitted.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with fitted.checkpoint.as_directory() as d:
         history = torch.load(os.path.join(d, STATE), weights_only=True)["history"]
-    epochs = history["epochs"]
-    best = min(epochs, key=lambda e: e["eval_loss"])
-    metrics = {"task": args.task, "model": args.model or "distilbert-base-uncased", "model_path": model_path,
-               "rows": counts, "warnings": warnings,
-               **{f"{k}_before": v for k, v in history["before"].items()},
-               "epochs": epochs, "best_epoch": best["epoch"],
-               "best": {k: v for k, v in best.items() if k != "samples_per_s"},
-               "restarts": history["restarts"]}
-    return metrics
+    return TrainResult(task=args.task, model=args.model_name, model_path=model_path, rows=counts,
+                       warnings=tuple(warnings), before=Evaluation(**history["before"]),
+                       epochs=tuple(Epoch(**e) for e in history["epochs"]), restarts=tuple(history["restarts"]),
+                       streaming=streaming)
 
 
-def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool, labels: list[str], stars: bool) -> dict:
-    """Metrics of the exported model on the test split, scored as `reviewlm score` does."""
+def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool, labels: list[str],
+                  stars: bool) -> tuple[ClassMetrics, float]:
+    """Metrics and mean loss of the exported model on the test split, scored as `reviewlm score` does."""
     from reviewlm.score.scorer import ClassifyScorer
 
-    scored = test.map_batches(ClassifyScorer, fn_constructor_args=("model", model_uri, use_gpu), batch_size=256,
+    scored = test.map_batches(ClassifyScorer, fn_constructor_kwargs={"name": "model", "ref": model_uri,
+                                                                     "use_gpu": use_gpu}, batch_size=256,
                               batch_format="numpy", compute=ActorPoolStrategy(size=1),
                               **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})).materialize()
     cells = scored.groupby(["label", "predicted"]).count().to_pandas()
     index = {label: i for i, label in enumerate(labels)}
     cm = confusion_matrix(cells["label"].map(index), cells["predicted"].map(index), n=len(labels),
                           counts=cells["count()"])
-    return {**(star_metrics(cm) if stars else classification_metrics(cm, labels)), "loss": scored.mean("nll")}
+    return star_metrics(cm) if stars else classification_metrics(cm, labels), scored.mean("nll")
 
 
 def _export(checkpoint, out: OutputDir) -> None:
@@ -321,13 +319,13 @@ def _export(checkpoint, out: OutputDir) -> None:
                 out.fs.put(os.path.join(d, name), f"{out.tmp}/model/{name}")
 
 
-def _plots(metrics: dict, out: OutputDir) -> None:
+def _plots(result: TrainResult, out: OutputDir) -> None:
     from reviewlm.report import plots
 
-    figures = {"loss.png": plots.loss_curve(metrics)}
-    if "test" in metrics:
-        figures["confusion.png"] = plots.confusion(metrics["test"]["confusion_matrix"], metrics["labels"],
-                                                   f"{metrics['task']} classifier, test split")
+    figures = {"loss.png": plots.loss_curve(result)}
+    if result.test:
+        figures["confusion.png"] = plots.confusion(result.test.confusion_matrix, list(result.labels),
+                                                   f"{result.task} classifier, test split")
     for name, png in figures.items():
         with out.fs.open(f"{out.tmp}/{name}", "wb") as fh:
             fh.write(png)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint
 
+from reviewlm.metrics import perplexity
 from reviewlm.models import mask_head
 from reviewlm.train.masking import BlockMasker
 
@@ -26,14 +26,18 @@ LENGTH_GROUP = 8  # reviews: batches of similar length are cut from this many ba
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """What every worker needs to train (the driver sets scaling and storage)."""
+    """What every worker needs to train (the driver sets scaling and storage).
+
+    Made by `derive`: the fields `TrainArgs` names (its fields and properties) come from it,
+    the rest from what the driver worked out.
+    """
 
     task: str
-    model: str
+    model: str  # portable: a hub id, or an absolute or s3:// path
     epochs: int
     total_steps: int
     batch_size: int
-    lr: float
+    learning_rate: float
     seed: int
     precision: str
     whole_word: bool
@@ -42,6 +46,12 @@ class LoopConfig:
     class_weights: tuple[float, ...] = ()  # per class, for the training loss; () is unweighted
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
+
+    @classmethod
+    def derive(cls, args, **worked_out) -> LoopConfig:
+        named = {f.name: getattr(args, f.name) for f in fields(cls)
+                 if f.name not in worked_out and hasattr(args, f.name)}
+        return cls(**named, **worked_out)
 
 
 def load_model(task: str, path: str, labels: tuple[str, ...] = ()):
@@ -193,9 +203,11 @@ class Run:
 def set_up(config: LoopConfig) -> Run:
     """Load the model on this worker and wrap it for DDP; AdamW with a linear warm-up and decay."""
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers.utils import logging
 
     from reviewlm.models import resolve_model
 
+    logging.disable_progress_bar()  # a checkpoint every epoch: no "Writing model shards" bar in the logs
     torch.manual_seed(config.seed)
     ctx = ray.train.get_context()
     model_path = resolve_model(config.model)  # on this node: its own cache
@@ -204,7 +216,7 @@ def set_up(config: LoopConfig) -> Run:
     dense_grads = SparseEmbeddingGrad(hf, device)
     model = ray.train.torch.prepare_model(trainable(config, hf))
     use_amp = device.type == "cuda" and config.precision in ("fp16", "bf16")
-    optimizer = adamw(model, config.lr, config.weight_decay)
+    optimizer = adamw(model, config.learning_rate, config.weight_decay)
     total = config.total_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     return Run(config, model, hf, AutoTokenizer.from_pretrained(model_path), optimizer, scheduler,
@@ -328,7 +340,7 @@ def evaluate(run: Run, shard) -> dict:
     loss = loss_sum / max(count, 1.0)
     metrics = {"eval_loss": loss, "eval_accuracy": correct / max(count, 1.0)}
     if run.config.task == "mlm":
-        metrics["perplexity"] = _ppl(loss)
+        metrics["perplexity"] = perplexity(loss)
     return metrics
 
 
@@ -376,6 +388,3 @@ def _all_sum(values: list[float], device) -> list[float]:
         dist.all_reduce(t)
     return t.tolist()
 
-
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

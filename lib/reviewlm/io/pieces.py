@@ -1,0 +1,105 @@
+"""Byte-range pieces: a big plain file is cut at record boundaries (Parquet: runs of row
+groups) so that several read tasks read it in parallel, each record once, under the record
+number it has when the file is read whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from reviewlm.io.records import ascii_compatible, byte_lines, csv_records
+from reviewlm.io.storage import InputFile, Inputs, compressed
+from reviewlm.options import SPLIT_MB
+
+SPLIT_BYTES = SPLIT_MB << 20
+SCAN_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one read task reads of a file: the records from `start` (a record's byte offset;
+    for Parquet, a row group) up to those that start at `end` (None: the end of the file).
+    `row` numbers its first record (a line number in text files) and `size` is about the
+    bytes it reads."""
+
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+    row: int = 1
+    size: int = 0
+
+
+def _line_cuts(f, size: int, total: int) -> list[tuple[int, int]]:
+    """(offset, line number) of the first line starting at or after each multiple of `size`."""
+    cuts, k, base, newlines = [], 1, 0, 0
+    while data := f.read(SCAN_CHUNK):
+        while k * size - 1 < base + len(data):
+            q = data.find(b"\n", max(k * size - 1 - base, 0))
+            if q < 0:
+                break
+            start = base + q + 1
+            if start < total:
+                cuts.append((start, 1 + newlines + data.count(b"\n", 0, q + 1)))
+            k = start // size + 1
+        newlines += data.count(b"\n")
+        base += len(data)
+    return cuts
+
+
+def _record_cuts(f, size: int) -> list[tuple[int, int]]:
+    """(offset, line number) of the first CSV record starting at or after each multiple of `size`."""
+    cuts, target = [], size
+    for number, offset, _ in csv_records(byte_lines(f, chunk=SCAN_CHUNK)):
+        if offset >= target:
+            cuts.append((offset, number))
+            target = (offset // size + 1) * size
+    return cuts
+
+
+def _row_group_pieces(pf: pq.ParquetFile, file: InputFile, size: int) -> list[Piece]:
+    """Runs of whole row groups of about `size` bytes each (by their share of the rows)."""
+    meta, pieces, start, row, rows = pf.metadata, [], 0, 1, 0
+    per_row = file.size / max(meta.num_rows, 1)
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows * per_row >= size or g == meta.num_row_groups - 1:
+            pieces.append(Piece(file, start, g + 1, row, int(rows * per_row)))
+            start, row, rows = g + 1, row + rows, 0
+    return pieces
+
+
+def split_file(fs, file: InputFile, size: int) -> list[Piece]:
+    """`file` in equal pieces of at most about `size` bytes, cut at record boundaries (CSV: quote-aware), so
+    that each record is read once, by the piece it starts in, under the same record number
+    as when the file is read whole. Compressed files and JSON arrays are one piece."""
+    whole = [Piece(file, size=file.size)]
+    if not splittable(file) or file.size <= size:
+        return whole
+    size = -(-file.size // -(-file.size // size))  # as many pieces as `size` asks for, of equal size
+    with fs.open_input_file(file.path) as f:
+        if file.format == "parquet":
+            try:
+                return _row_group_pieces(pq.ParquetFile(f), file, size)
+            except (pa.ArrowInvalid, OSError):  # its reader quarantines the file
+                return whole
+        cuts = _line_cuts(f, size, file.size) if file.format == "jsonl" else _record_cuts(f, size)
+    starts, ends = [(0, 1)] + cuts, [c[0] for c in cuts] + [file.size]
+    return [Piece(file, start, end if end < file.size else None, row, end - start)
+            for (start, row), end in zip(starts, ends)]
+
+
+def splittable(file: InputFile) -> bool:
+    """Whether a file can be read in byte ranges: not compressed, not a JSON array, and records
+    findable in its bytes (an ASCII-compatible encoding; Parquet always)."""
+    return not compressed(file.path) and file.format != "json" and (
+        file.format == "parquet" or ascii_compatible(file.encoding))
+
+
+def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
+    """Every input file's pieces; the files that need cutting are scanned by Ray tasks, in parallel."""
+    scan = ray.remote(num_cpus=1)(split_file)
+    found = {f: scan.remote(inputs.filesystem, f, size) for f in inputs.files if f.size > size and splittable(f)}
+    return [p for f in inputs.files for p in (ray.get(found[f]) if f in found else [Piece(f, size=f.size)])]
