@@ -55,6 +55,26 @@ def ray_cluster(s3):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny offline masked LM, built once into a cache the jobs' subprocesses share."""
+    from reviewlm.models import resolve_model
+
+    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def killable_corpus(tmp_path_factory):
+    """4 files of 12,000 reviews of 20-40 words: a filter job on 2 CPUs runs long enough to be
+    killed mid-write, each task writing several batches."""
+    from reviewlm.synth import write_synth
+
+    path = tmp_path_factory.mktemp("killable") / "corpus"
+    write_synth(str(path), 48_000, seed=5, shards=4, min_words=20, max_words=40)
+    return str(path)
+
+
 def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
     """Run the installed `reviewlm` console script."""
     return subprocess.run([str(BIN / "reviewlm"), *map(str, args)], capture_output=True, text=True,

@@ -29,6 +29,7 @@ def files(tmp_path):
     (tmp_path / "noweights" / "config.json").write_text("{}")
     (tmp_path / "noweights" / "pytorch_model.bin").write_bytes(b"a pickle we will not load")
     (tmp_path / "noprompts.txt").write_text("# only a comment\n\n")
+    (tmp_path / "broken.jsonl").write_text("{'text': 'Nike shoes'}\n" * 3)
     return tmp_path
 
 
@@ -61,11 +62,25 @@ CASES = [
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a[:2]) + m[:12] for a, m in CASES])
 def test_bad_input_exits_2_with_one_line(files, s3, argv, message):
-    argv = [a.format(d=files) for a in argv]
+    argv, message = [a.format(d=files) for a in argv], message.format(d=files)
     if "--output" not in argv:
         argv += ["--output", str(files / "out")]
     assert_one_line(run_cli(*argv), message)
     assert not (files / "out").exists() and not (files / "pwned").exists()
+
+
+def test_a_corpus_no_model_can_score_stops_before_any_model_loads(files):
+    """Found by the corpus's quarantine pass once Ray is up: the error ends the console, after
+    only Ray's log folder (no model actor was started, so none of their lines)."""
+    res = run_cli("score", "--model", "x=tiny", "--corpus", files / "broken.jsonl", "--num-cpus", 2,
+                  "--output", files / "out")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Ray logs: "), res.stderr[-3000:]
+    assert lines[1] == (f"reviewlm: error: nothing in the corpus {files}/broken.jsonl could be read: all 3 rows "
+                        "quarantined, 3 with \"a Python dict literal, not JSON (as in Amazon's older review dumps)\": "
+                        "convert the file to JSON Lines first (docs/filter.md: real dumps as they are published)")
+    assert not (files / "out").exists()
 
 
 def test_wrong_credentials_exit_2_with_one_line(s3, tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
+from reviewlm.options import RunOptions
 from reviewlm.synth import write_synth
 
 from tests.conftest import BIN, FaultyS3, Killer, kill_job_when, run_cli, running_task_pids
@@ -19,11 +20,8 @@ RECIPE = "all:\n  - non_null\n  - sentiment: {min_compound: 0.05}\n  - brand\n" 
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """4 files of 12,000 rows: each filter-and-write task writes several batches."""
-    path = tmp_path_factory.mktemp("faults") / "corpus"
-    write_synth(str(path), 48_000, seed=5, shards=4, min_words=20, max_words=40)
-    return str(path)
+def corpus(killable_corpus):
+    return killable_corpus
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +117,56 @@ def test_an_s3_permission_error_stops_the_job_with_one_line(s3, s3_corpus, denie
     error = res.stderr.strip().splitlines()[-1]
     assert error.startswith("reviewlm: error: ") and "permission denied" in error and "s3://locked/out" in error
     assert not s3.exists("locked/out/_SUCCESS")
+
+
+def files_of(out) -> dict[str, str]:
+    """Every file of an output but `_temporary/`, with its content's hash."""
+    import hashlib
+
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] != "_temporary"}
+
+
+def test_a_killed_or_failed_overwrite_leaves_the_old_output_as_it_was(corpus, clean, tmp_path):
+    """--overwrite swaps: killed mid-write (driver and its Ray) or failing after writing, the
+    previous output is intact, `_SUCCESS` included; a finished one replaces it whole."""
+    out, small = tmp_path / "out", tmp_path / "small"
+    write_synth(str(small), 300, seed=1)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    argv = [str(BIN / "reviewlm"), "filter", "--output", str(out), "--recipe", str(tmp_path / "recipe.yaml"),
+            "--num-cpus", "2"]
+    assert subprocess.run(argv + [str(small)], capture_output=True).returncode == 0
+    before = files_of(out)
+    assert "_SUCCESS" in before and any(name.startswith("kept/") for name in before)
+
+    kill_job_when(argv + [corpus, "--overwrite"], ready=lambda: any(out.glob("_temporary/*/kept/*.parquet")),
+                  timeout=120)
+    assert files_of(out) == before
+
+    (tmp_path / "broken.jsonl").write_text("not json\n" * 50)  # fails after its rows were written: nothing readable
+    failed = subprocess.run(argv + [str(tmp_path / "broken.jsonl"), "--overwrite"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "could be read" in failed.stderr, failed.stderr[-2000:]
+    assert files_of(out) == before
+
+    done = subprocess.run(argv + [corpus, "--overwrite"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    same_result(json.loads((out / "stats.json").read_text()), out, clean)
+    top = lambda o: {name.split("/")[0] for name in files_of(o)}  # noqa: E731
+    assert top(out) == top(clean[1]) and not (out / "_temporary").exists()
+
+
+def test_an_overwrite_on_s3_leaves_no_old_object_behind(s3, ray_cluster, tmp_path):
+    """On S3 the commit copies: the replaced output holds exactly the new run's objects."""
+    write_synth("s3://reviews/swap/big", 2000, seed=3, shards=4)
+    write_synth("s3://reviews/swap/small", 200, seed=4)
+    recipe = parse_recipe(RECIPE)
+    filter_reviews(["s3://reviews/swap/big"], "s3://reviews/swap/out", recipe=recipe, run=RunOptions(split_mb=0.05))
+    old = set(s3.find("reviews/swap/out"))
+    filter_reviews(["s3://reviews/swap/small"], "s3://reviews/swap/out", recipe=recipe,
+                   run=RunOptions(overwrite=True))
+    s3.invalidate_cache()
+    new = set(s3.find("reviews/swap/out"))
+    fresh = filter_reviews(["s3://reviews/swap/small"], "s3://reviews/swap/fresh", recipe=recipe)
+    s3.invalidate_cache()
+    assert {k.replace("/fresh/", "/out/") for k in s3.find("reviews/swap/fresh")} == new != old
+    assert json.loads(s3.cat("reviews/swap/out/stats.json"))["rows_read"] == fresh.rows_read == 200

@@ -166,3 +166,13 @@ def test_same_kept_set_with_one_or_two_cpus_and_overwrite(tmp_path):
     assert kept[0] == kept[1] and len(kept[0]) > 0
     res = run_cli("filter", data, "--output", tmp_path / "out1", "--recipe", recipe, "--num-cpus", 1)
     assert res.returncode == 2 and "already exists" in res.stderr
+
+
+@pytest.mark.slow
+def test_dedup_on_a_corpus_without_repeats_keeps_every_row(ray_cluster, tmp_path):
+    """A join partition that meets no repeated text has no first-occurrence column: still decided."""
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"review number {i} of many"}) + "\n"
+                                               for i in range(300)))
+    stats = filter_reviews([str(tmp_path / "in.jsonl")], str(tmp_path / "out"),
+                           recipe=parse_recipe("all:\n  - dedup\n"))
+    assert (stats.kept, stats.rejected, stats.filters[0].dropped) == (300, 0, 0)

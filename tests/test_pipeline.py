@@ -13,11 +13,19 @@ TINY = ["--model", "tiny", "--rows", "1500", "--max-steps", "3", "--batch-size",
 
 
 def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path):
-    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--num-cpus", "2", "--split-mb", "32", timeout=600)
+    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--num-cpus", "2", "--split-mb", "32", timeout=600,
+                  env={"REVIEWLM_PROGRESS_S": "4"})
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("[1/6] synthesizing", "[2/6] filtering", "[3/6] fine-tuning v1", "[4/6] fine-tuning v2",
                   "[5/6] scoring", "[6/6] done"):
         assert stage in res.stdout
+    # progress: a line per stage at its end, and lines while the stages run (every 4 s here)
+    lines = res.stdout.splitlines()
+    assert sum(line.startswith("  training: 3/3 steps in ") for line in lines) == 2, res.stdout
+    assert [line.split(":")[0] for line in lines if " in " in line and line.startswith("  scoring ")] == \
+        ["  scoring base", "  scoring v1", "  scoring v2"]
+    assert any(line.startswith("  filtering: ") and "rows written" in line for line in lines)
+    assert sum(" after " in line for line in lines) >= 2, res.stdout
     assert all(name in res.stdout for name in ("base", "v1", "v2", "wanted share", "report:"))
     out = tmp_path / "demo"
     result = json.loads((out / "pipeline.json").read_text())

@@ -84,6 +84,10 @@ def test_the_summary_keeps_its_layout_and_writes_nan_as_null():
         "m", "/m", labels=LabelScores(rows=4, labels=("1", "2"), predicted_distribution={"1": 4, "2": 0}))})
     assert stars.to_json()["models"]["s"] == {"ref": "m", "path": "/m", "stars": {
         "rows": 4, "labels": ["1", "2"], "predicted_distribution": {"1": 4, "2": 0}}}
+    for result in (SCORES, stars):  # what pipeline --resume reads back from a finished score stage
+        back = ScoreResult.from_json(json.loads(json.dumps(result.to_json())))
+        assert back.to_json() == result.to_json() and back.models.keys() == result.models.keys()
+    assert back.models["s"].labels == stars.models["s"].labels
 
 
 def test_the_report_opens_with_its_finding():

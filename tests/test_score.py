@@ -1,7 +1,6 @@
 """The score job: exact agreement with transformers' fill-mask, word-set metrics, the report."""
 
 import json
-import os
 import shutil
 import subprocess
 
@@ -11,7 +10,6 @@ import pyarrow as pa
 import pytest
 import torch
 from reviewlm.errors import UsageError
-from reviewlm.models import resolve_model
 from reviewlm.score.job import ScoreArgs, parse_models, score_models
 from reviewlm.score.metrics import substitutions
 from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_word_sets
@@ -23,12 +21,6 @@ from tests.conftest import assert_one_line, run_cli
 WORDS = load_word_sets(None)
 PROMPTS = REFERENCE_PROMPTS + ["The [MASK] from [MASK] are great.", "no mask here", "",
                                "very " * 600 + "[MASK]"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return resolve_model("tiny")
 
 
 def score_batch(path, prompts, k=10):
@@ -148,6 +140,8 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(REFERENCE_PROMPTS + ["no mask here"]) + "\n")
     write_synth(str(tmp_path / "corpus"), 60, seed=9)
+    # no model scores these (named last: the column check reads the first file)
+    (tmp_path / "corpus" / "zz-broken.jsonl").write_text('{"id": "b1", "text": \n{"id": "b2"}\n')
     out = tmp_path / "score"
     summary = score_models({"base": "starter", "tiny": "tiny"}, str(out), prompts=PROMPTS[:5] + ["no mask here"],
                            corpus=[str(tmp_path / "corpus")], word_sets=WORDS, args=ScoreArgs(top_k=5, num_actors=1))
@@ -156,6 +150,9 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
     assert len(preds) == 2 * 5 * 5 and set(preds["model"]) == {"base", "tiny"}
     saved = json.loads((out / "summary.json").read_text())
     assert saved["models"]["base"]["prompts_scored"] == 5 and saved["models"]["tiny"]["corpus"]["reviews"] == 60
+    bad = pd.read_parquet(out / "quarantine")  # once, not per model
+    assert len(bad) == saved["corpus_quarantined"] == summary.corpus_quarantined == 2 and "b2" in set(bad["id"])
+    assert set(bad["error"].str.split(":").str[0]) == {"invalid JSON", "no text"}
     assert saved["invalid_prompts"] == [{"prompt_index": 5, "prompt": "no mask here", "error": "no [MASK] in prompt"}]
     assert len(saved["substitutions"]["tiny vs base"]) == 5
     assert 0 <= summary.models["base"].prompts.wanted_share <= 1 and summary.models["tiny"].corpus.reviews == 60

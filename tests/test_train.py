@@ -318,7 +318,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpu
 
 @pytest.mark.slow
 def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
-    steps = mlm_run[1]["epochs"][0]["step"]
+    steps = mlm_run[1].epochs[0].step
     out = tmp_path / "killed"
     argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", FAULT_EPOCHS,
             "--batch-size", 16, "--lr", 1e-3, "--chunk-size", 32, "--num-cpus", 2]

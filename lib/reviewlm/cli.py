@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     names = ("address", "num_cpus", "verbose", "split_mb", "delimiter", "encoding")
-    names += ("overwrite",) if overwrite else ()
+    names += ("overwrite", "resume") if overwrite else ()
     add_options(p, RunOptions, only=names)
 
 
@@ -112,9 +112,27 @@ def _columns_of(args) -> Columns:
                                                      if k.endswith("_column")}))
 
 
+CONTENT_FILES = ("recipe", "words", "templates")  # files whose content, not only name, is an argument
+
+
 def _run(args, **given) -> RunOptions:
-    """The run options given, and every argument for the output's manifest."""
-    return from_options(RunOptions, args, arguments=vars(args), **given)
+    """The run options given, and every argument for the output's manifest, with the content
+    hash of the recipe, word-list and template files (so `--resume` notices an edited one)."""
+    digests = {f"{name}_sha256": _digest(path) for name in CONTENT_FILES if (path := getattr(args, name, None))}
+    return from_options(RunOptions, args, arguments=vars(args) | digests, **given)
+
+
+def _digest(uri: str) -> str | None:
+    """The SHA-256 of a file's bytes; None when it cannot be read (the job then says why)."""
+    import hashlib
+
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except (OSError, ValueError):
+        return None
 
 
 def run_filter(args) -> FilterStats:

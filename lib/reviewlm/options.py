@@ -83,7 +83,9 @@ class RunOptions:
 
     address: str | None = option(None, help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     num_cpus: int | None = option(None, help="CPUs of a local Ray (default: all cores)")
-    overwrite: bool = option(False, help="replace an existing output")
+    overwrite: bool = option(False, help="replace an existing output (the old one stays whole until the new commits)")
+    resume: bool = option(False, help="continue an interrupted run with the same arguments and inputs: "
+                                      "train from its last checkpoint, filter and score without redoing what it wrote")
     verbose: bool = option(False, help="show Ray's own log lines on the console too")
     split_mb: float = option(SPLIT_MB, help="plain JSONL/CSV/TSV and Parquet files larger than this many MB are read "
                                       "by several tasks, cut at record boundaries (compressed files: one task)")
@@ -155,7 +157,6 @@ class TrainArgs:
     class_weights: Literal["none", "balanced"] = option(
         "none", help="classifiers: balanced weighs each class's training loss by its rarity")
     storage: str | None = option(None, help="where checkpoints go (default: OUT/checkpoints), local or s3://")
-    resume: bool = option(False, help="continue an interrupted run from its last checkpoint")
     keep_checkpoints: int = option(2, help="checkpoints kept, the best by eval loss (and the latest)")
     max_failures: int = option(2, help="worker failures to recover from (from the last checkpoint)")
 

@@ -199,6 +199,12 @@ class LabelScores:
     metrics: ClassMetrics | None = None
     mean_nll: float | None = None
 
+    @classmethod
+    def from_json(cls, d: dict) -> LabelScores:
+        metrics = ClassMetrics.from_json(d) if "accuracy" in d else None
+        return cls(rows=d["rows"], labels=tuple(d["labels"]), predicted_distribution=d["predicted_distribution"],
+                   unknown_labels=d.get("unknown_labels"), metrics=metrics, mean_nll=d.get("mean_nll"))
+
     def to_json(self) -> dict:
         d = {"rows": self.rows, "labels": list(self.labels), "predicted_distribution": self.predicted_distribution}
         if self.unknown_labels is not None:
@@ -228,6 +234,7 @@ class ScoreResult:
     models: dict[str, ModelScores]
     invalid_prompts: tuple[dict, ...] = ()  # prompt_index, prompt, error
     corpus_reviews: int | None = None
+    corpus_quarantined: int | None = None  # corpus rows no model could score (quarantine/)
     substitutions: dict[str, list[dict]] = field(default_factory=dict)  # "other vs first": per prompt
     wall_time_s: float | None = None  # not in summary.json
 
@@ -244,9 +251,24 @@ class ScoreResult:
              "invalid_prompts": list(self.invalid_prompts)}
         if self.corpus_reviews is not None:
             d["corpus_reviews"] = self.corpus_reviews
+        if self.corpus_quarantined is not None:
+            d["corpus_quarantined"] = self.corpus_quarantined
         if self.substitutions:
             d["substitutions"] = self.substitutions
         return d | ({"wall_time_s": self.wall_time_s} if self.wall_time_s is not None else {})
+
+    @classmethod
+    def from_json(cls, d: dict) -> ScoreResult:
+        prompt_fields = [f.name for f in fields(PromptScores)]
+        models = {name: ModelScores(
+            ref=e["ref"], path=e["path"],
+            prompts=PromptScores(**{k: e[k] for k in prompt_fields}) if "prompts_scored" in e else None,
+            corpus=CorpusScores(**e["corpus"]) if "corpus" in e else None,
+            labels=LabelScores.from_json(e[d["task"]]) if d["task"] in e else None) for name, e in d["models"].items()}
+        return cls(task=d["task"], word_sets=d["word_sets"], models=models,
+                   invalid_prompts=tuple(d.get("invalid_prompts", ())), corpus_reviews=d.get("corpus_reviews"),
+                   corpus_quarantined=d.get("corpus_quarantined"), substitutions=d.get("substitutions", {}),
+                   wall_time_s=d.get("wall_time_s"))
 
 
 @dataclass(frozen=True)

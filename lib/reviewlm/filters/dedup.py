@@ -43,7 +43,14 @@ def mark_duplicates(ds: ray.data.Dataset, num_partitions: int) -> ray.data.Datas
               .groupby(HASH).aggregate(Min(ORDER, alias_name=FIRST), Count(alias_name="_n"))
               .map_batches(lambda b: b.filter(pc.greater(b["_n"], 1)).drop_columns(["_n"]),
                            batch_format="pyarrow"))
-    return ds.join(firsts, join_type="left_outer", num_partitions=num_partitions, on=(HASH,))
+    joined = ds.join(firsts, join_type="left_outer", num_partitions=num_partitions, on=(HASH,))
+    return joined.map_batches(_with_first, batch_format="pyarrow", batch_size=None)
+
+
+def _with_first(batch: pa.Table) -> pa.Table:
+    """A joined block as the filter reads it: a partition that met no repeated text has no
+    FIRST column at all (Ray's join leaves out the columns of an empty side)."""
+    return batch if FIRST in batch.column_names else batch.append_column(FIRST, pa.nulls(batch.num_rows, pa.string()))
 
 
 class Dedup(Filter):

@@ -8,8 +8,8 @@ the first step that dropped it (`dropped_by`) and every score computed for it.
 
 from __future__ import annotations
 
-import sys
 import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -18,15 +18,16 @@ import pyarrow.compute as pc
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
-from reviewlm.io.readers import check_inputs, quarantine_hint, read_reviews
+from reviewlm.io.ledger import Done, Keys, drop_done, recover
+from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
+from reviewlm.progress import Meter, progress
 from reviewlm.results import FilterStats, StepStats
 from reviewlm.runtime import init_ray
 
 ERROR_KIND = "_error_kind"  # a quarantine error with its numbers as N, counted per kind
-QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -101,40 +102,39 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
     if len(set(names)) != len(names):
         raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
     source = check_inputs(inputs, columns, fmt, delimiter=run.delimiter, encoding=run.encoding)
-    out = OutputDir(output, "filter", run.overwrite).prepare()
+    out = OutputDir(output, "filter", run.overwrite, ledger=True).prepare(run.resume, run.arguments,
+                                                                          fingerprints(source))
     with out:
         started = time.time()
         init_ray(run)
         ray_start = time.time() - started
-        ds = read_reviews(source, columns, run.split_bytes)
-        for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
-            ds = leaf.prepare(ds, source)
-        # One batch per block (at most DataContext.target_max_block_size): a batch_size
-        # would keep Ray Data from fusing the read into this step and the write.
-        ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
-                            batch_format="pyarrow", batch_size=None)
-        sink = RoutedParquetSink(out.tmp_uri(), output_schemas(recipe, mode), count_columns=("dropped_by", ERROR_KIND))
-        ds.write_datasink(sink)
+        routes = output_schemas(recipe, mode)
+        done = recover(out.tmp_uri(), list(routes)) if out.resumed else Done()
+        if out.resumed:
+            print(f"  resuming: {done.total:,} rows written by {done.tasks} finished tasks are kept")
+        meter = Meter("filtering", key="bytes", unit="MB", scale=1e6, total=sum(f.size for f in source.files),
+                      extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows written")
+        with progress(meter, bar=False) as tally:
+            ds = read_reviews(source, columns, run.split_bytes, tally)
+            for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
+                ds = leaf.prepare(ds, source)
+            if done.ranges:  # after the steps that see every row (dedup), before the costly ones
+                ds = ds.map_batches(drop_done, fn_kwargs={"done": done, "keys": Keys("_row", "source")},
+                                    batch_format="pyarrow", batch_size=None)
+            # One batch per block (at most DataContext.target_max_block_size): a batch_size
+            # would keep Ray Data from fusing the read into this step and the write.
+            ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
+                                batch_format="pyarrow", batch_size=None)
+            sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", ERROR_KIND), tally=tally,
+                                     prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source"), done=done)
+            ds.write_datasink(sink)
         stats = _stats(recipe, mode, sink.result, time.time() - started, ray_start)
         if stats.rows_read == 0:
             raise UsageError(f"input has no rows: {', '.join(f.uri for f in source.files[:3])}")
-        _check_quarantine(stats, sink.result["counted"][ERROR_KIND], source)
+        check_quarantine(stats.rows_read, stats.quarantined, sink.result["counted"][ERROR_KIND],
+                         f"{source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''}")
         out.commit(run.arguments, fingerprints(source), stats.totals, {"stats.json": stats.to_json()})
         return stats
-
-
-def _check_quarantine(stats: FilterStats, errors: dict[str, int], source) -> None:
-    """No success on nothing: a UsageError when every row was quarantined, a warning line when
-    more than `QUARANTINE_WARN` of them were; both name the commonest error and its likely fix."""
-    if not stats.quarantined or stats.quarantined <= QUARANTINE_WARN * stats.rows_read:
-        return
-    error, n = max(errors.items(), key=lambda kv: kv[1])
-    what = f'{n:,} with "{error}": {quarantine_hint(error)}'
-    if stats.quarantined == stats.rows_read:
-        raise UsageError(f"nothing in {source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''} "
-                         f"could be read: all {stats.rows_read:,} rows quarantined, {what}")
-    print(f"reviewlm: warning: {stats.quarantined:,} of {stats.rows_read:,} rows quarantined, {what}",
-          file=sys.stderr)
 
 
 def _stats(expr: Expr, mode: str, result: dict, wall: float, ray_start: float) -> FilterStats:

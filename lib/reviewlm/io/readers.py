@@ -20,7 +20,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from reviewlm.errors import UsageError, storage_error
-from reviewlm.io.layout import Columns
+from reviewlm.io.layout import QUARANTINE, Columns
 from reviewlm.io.pieces import SPLIT_BYTES, Piece, plan_pieces
 from reviewlm.io.records import (
     PYTHON_LITERAL,
@@ -37,9 +37,12 @@ from reviewlm.io.records import (
 )
 from reviewlm.io.storage import Inputs, expand_inputs
 
+QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
 
-def read_piece(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
-    """The canonical rows of one piece of a file."""
+
+def read_piece(fs, piece: Piece, columns: Columns, tally=None) -> Iterator[pa.Table]:
+    """The canonical rows of one piece of a file; its bytes added to `tally` (reviewlm.progress)
+    once it is read."""
     file = piece.file
     batcher = Batcher(file.uri, columns)
     where = (piece.start, piece.end, piece.row)
@@ -60,20 +63,22 @@ def read_piece(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
         f.close()
     if len(batcher):
         yield batcher.flush()
+    if tally is not None:
+        tally.add.remote({"bytes": piece.size}, once=f"{file.uri}@{piece.start}")
 
 
 class ReviewDatasource(Datasource):
     """Streams review files of any supported format into canonical rows: a read task per piece."""
 
-    def __init__(self, inputs: Inputs, pieces: list[Piece], columns: Columns):
-        self._fs, self.pieces, self._columns = inputs.filesystem, pieces, columns
+    def __init__(self, inputs: Inputs, pieces: list[Piece], columns: Columns, tally=None):
+        self._fs, self.pieces, self._columns, self._tally = inputs.filesystem, pieces, columns, tally
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(p.size for p in self.pieces)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        return [ReadTask(partial(read_piece, self._fs, p, self._columns),
+        return [ReadTask(partial(read_piece, self._fs, p, self._columns, self._tally),
                          BlockMetadata(num_rows=None, size_bytes=p.size, exec_stats=None, input_files=(p.file.path,)),
                          schema=self._columns.schema, per_task_row_limit=per_task_row_limit)
                 for p in self.pieces]
@@ -134,9 +139,11 @@ def quarantine_hint(error: str) -> str:
     return "see quarantine/ for the raw records and their errors"
 
 
-def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES) -> ray.data.Dataset:
-    """The canonical review dataset: one row per record, quarantined ones included."""
-    return read_source(ReviewDatasource(inputs, plan_pieces(inputs, split_bytes), columns))
+def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES,
+                 tally=None) -> ray.data.Dataset:
+    """The canonical review dataset: one row per record, quarantined ones included; the bytes
+    read are added to `tally` (reviewlm.progress)."""
+    return read_source(ReviewDatasource(inputs, plan_pieces(inputs, split_bytes), columns, tally))
 
 
 def read_source(source: ReviewDatasource, num_cpus: float | None = None) -> ray.data.Dataset:
@@ -151,6 +158,31 @@ def read_source(source: ReviewDatasource, num_cpus: float | None = None) -> ray.
     pieces = len(source.pieces)
     return ray.data.read_datasource(source, num_cpus=num_cpus,
                                     override_num_blocks=pieces if pieces >= 2 * cpus else None)
+
+
+def unusable(batch: pa.Table) -> pa.Table:
+    """The rows of a canonical batch that `with_text` leaves out, in the quarantine layout, each
+    with the reader's error or what it lacks."""
+    error = batch["_error"]
+    for column in ("text", "text_pair"):
+        if column in batch.schema.names:
+            missing = pc.and_(pc.is_null(error), pc.is_null(batch[column]))
+            error = pc.if_else(missing, f"no {column.replace('_', ' ')}", error)
+    bad = batch.set_column(batch.schema.get_field_index("_error"), "_error", error).filter(pc.is_valid(error))
+    return bad.select(list(QUARANTINE)).rename_columns(list(QUARANTINE.values()))
+
+
+def check_quarantine(read: int, quarantined: int, errors: dict[str, int], what: str) -> None:
+    """No success on nothing: a UsageError when all `read` rows of `what` were quarantined, a
+    warning line when more than `QUARANTINE_WARN` of them were; both name the commonest error
+    (`errors`: rows per error) and its likely fix."""
+    if not quarantined or quarantined <= QUARANTINE_WARN * read:
+        return
+    error, n = max(errors.items(), key=lambda kv: kv[1])
+    why = f'{n:,} with "{error}": {quarantine_hint(error)}'
+    if quarantined == read:
+        raise UsageError(f"nothing in {what} could be read: all {read:,} rows quarantined, {why}")
+    print(f"reviewlm: warning: {quarantined:,} of {read:,} rows quarantined, {why}", file=sys.stderr)
 
 
 def with_text(batch: pa.Table) -> pa.Table:

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
 
+from reviewlm.io.ledger import Done, Keys, ledger_path, write_marker
 from reviewlm.io.storage import arrow_filesystem, filesystem
 
 
@@ -21,12 +22,22 @@ class RoutedParquetSink(Datasink):
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
     wrote per route and, for each of `count_columns`, the counts of its non-null values.
+    Each block's rows (of route `tally_route` only, when given) are added to `tally`
+    (reviewlm.progress) as it is written.
+
+    With `keys`, a resumable write (reviewlm.io.ledger): each task, once its files are
+    written, records them with the keys of their rows and its counts; the result adds the
+    counts of what earlier runs recorded (`done`). Writes of several `unit`s into one output
+    keep their own ledgers; their prefixes start with `<unit>-`.
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
-                 count_columns: tuple[str, ...] = (), prefix: str = ""):
+                 count_columns: tuple[str, ...] = (), prefix: str = "", tally=None, tally_route: str | None = None,
+                 keys: Keys | None = None, done: Done | None = None, unit: str = ""):
         self.base_uri, self.routes, self.prefix = base_uri.rstrip("/"), routes, prefix
+        self.tally, self.tally_route = tally, tally_route
         self.route_column, self.count_columns = route_column, count_columns
+        self.keys, self.done, self.unit = keys, done or Done(), unit
         self.result = {"rows": {}, "counted": {c: {} for c in count_columns}}
 
     def write(self, blocks, ctx) -> dict:
@@ -36,6 +47,7 @@ class RoutedParquetSink(Datasink):
         rows: Counter = Counter()
         counted = {c: Counter() for c in self.count_columns}
         tag = f"{self.prefix}{ctx.task_idx:05d}"
+        written = []  # the key columns of the rows written, for the ledger
         try:
             for block in blocks:
                 if block.num_rows == 0:  # e.g. from an empty input file: no columns to route on
@@ -52,8 +64,16 @@ class RoutedParquetSink(Datasink):
                                                           schema, filesystem=afs)
                     writers[route].write_table(conform(part, schema))
                     rows[route] += part.num_rows
+                    if self.keys is not None:
+                        written.append(part.select([c for c in (self.keys.group, self.keys.index) if c]))
+                    if self.tally is not None and route == (self.tally_route or route):
+                        self.tally.add.remote({"rows": part.num_rows})
             for w in writers.values():
                 w.close()
+            if self.keys is not None and written:
+                files = [f"{route}/part-{tag}.parquet" for route in writers]
+                write_marker(f"{self.base_uri}/{ledger_path(self.unit)}", tag, files,
+                             self.keys.ranges(pa.concat_tables(written)), dict(rows), counted)
         except PermissionError as exc:  # name the place: the storage error alone does not
             raise PermissionError(f"writing {self.base_uri}: {exc}") from None
         finally:
@@ -62,8 +82,8 @@ class RoutedParquetSink(Datasink):
         return {"rows": dict(rows), "counted": counted}
 
     def on_write_complete(self, write_result):
-        rows: Counter = Counter()
-        counted = {c: Counter() for c in self.count_columns}
+        rows: Counter = Counter(self.done.rows)
+        counted = {c: Counter(self.done.counted.get(c, {})) for c in self.count_columns}
         for r in write_result.write_returns:
             rows.update(r["rows"])
             for c in self.count_columns:

@@ -186,11 +186,25 @@ class OutputDir:
     JSON files and finally the `_SUCCESS` manifest. Readers trust an output only when
     `_SUCCESS` exists. Jobs use it as DataTrove's writers are used: `with out: ...;
     out.commit(...)`, and an error inside the block aborts the run's writes.
+
+    `overwrite` swaps: a previous output stays as it was, `_SUCCESS` included, until the new
+    run commits; a failed or killed run leaves it untouched. The commit then removes the old
+    `_SUCCESS` first, sets the old entries aside (`in_place` names those this run wrote into
+    the output itself, as the pipeline's stages), moves the new ones in and removes the old.
+
+    A run records its arguments and inputs (`_plan.json`) beside its data, and a run that
+    fails on anything but bad input keeps what it wrote: `--resume` checks that it is given
+    the same arguments and inputs, then continues (a `ledger` job in the same run folder,
+    skipping what that run recorded as written; reviewlm.io.ledger).
     """
 
     uri: str
     job: str
     overwrite: bool = False
+    in_place: tuple[str, ...] = ()
+    ledger: bool = False  # resumes by the interrupted run's ledger, in its run folder
+    replacing: bool = False  # set by `prepare`: an output is there, and overwrite was asked
+    resumed: bool = False  # set by `prepare`: continuing an interrupted run
 
     def __post_init__(self):
         self.fs, self.path = filesystem(self.uri)
@@ -205,36 +219,62 @@ class OutputDir:
     def tmp_uri(self, sub: str = "") -> str:
         return full_uri(self.fs, posixpath.join(self.tmp, sub) if sub else self.tmp)
 
-    def prepare(self, resume: bool = False) -> "OutputDir":
+    def prepare(self, resume: bool = False, arguments: dict | None = None,
+                inputs: list[dict] | None = None) -> "OutputDir":
         """Refuse an existing output unless overwrite (or resume, which keeps what is there).
 
         A probe file is written and removed, so an output we may not write fails now, not
         after hours of work.
         """
+        plan = {"job": self.job, "arguments": comparable(arguments or {}), "inputs": inputs or []}
         try:
             exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
-            if exists and resume and self.fs.exists(f"{self.path}/_SUCCESS"):
+            complete = exists and self.fs.exists(f"{self.path}/_SUCCESS")
+            if resume and complete:
                 raise UsageError(f"output {self.uri} is complete: nothing to resume")
             if exists and not (self.overwrite or resume):
-                raise UsageError(f"output {self.uri} already exists: pass {{o}} to replace it", o="overwrite")
-            if exists and not resume:
-                self.fs.rm(self.path, recursive=True)
+                hint = "" if complete else " (an interrupted run: pass {r} to continue it)"
+                raise UsageError(f"output {self.uri} already exists: pass {{o}} to replace it{hint}",
+                                 o="overwrite", r="resume")
+            if resume:
+                previous = self.interrupted()
+                if previous is None:
+                    raise UsageError(f"output {self.uri} holds no interrupted {self.job} run to resume")
+                _same_plan(json.loads(self.fs.cat(f"{self.path}/_temporary/{previous}/{PLAN}")), plan)
+                self.run_id = previous if self.ledger else self.run_id
+                self.resumed = True
+            self.replacing = exists and not resume
             self.fs.makedirs(self.tmp, exist_ok=True)
-            self.fs.pipe(f"{self.tmp}/_probe", b"")
-            self.fs.rm(f"{self.tmp}/_probe")
+            self.fs.pipe(f"{self.tmp}/{PLAN}", json.dumps(plan, default=str).encode())
         except OSError as exc:
             raise UsageError(f"cannot write output {self.uri}: {storage_error(exc)}") from None
         return self
 
+    def interrupted(self) -> str | None:
+        """The run folder of the latest run that recorded its plan and did not commit."""
+        runs = sorted(self.fs.glob(f"{self.path}/_temporary/*/{PLAN}"))
+        return posixpath.basename(posixpath.dirname(runs[-1])) if runs else None
+
     def commit(self, arguments: dict, inputs: list[dict], counts: dict, extra_json: dict | None = None) -> dict:
-        """Move the data into place, write `extra_json` files, then `_SUCCESS` last."""
-        if "file" in self.fs.protocol:  # one rename per folder
+        """Move the data into place (replacing a previous output), write `extra_json` files,
+        then `_SUCCESS` last."""
+        local = "file" in self.fs.protocol
+        for what in (PLAN, LEDGER):  # the run's own records are not output
+            if self.fs.exists(f"{self.tmp}/{what}"):
+                self.fs.rm(f"{self.tmp}/{what}", recursive=True)
+        old = self._set_aside(local) if self.replacing else []
+        if local:  # one rename per folder
             for sub in self.fs.ls(self.tmp, detail=False):
                 self.fs.mv(sub, f"{self.path}/{posixpath.basename(sub.rstrip('/'))}", recursive=True)
         else:  # object stores have no folders: copy the objects in one batch
             sources = self.fs.find(self.tmp)
             if sources:
                 self.fs.copy(sources, [self.path + src[len(self.tmp):] for src in sources])
+            written = {self.path + src[len(self.tmp):] for src in sources} | {
+                f"{self.path}/{name}" for name in (*(extra_json or {}), "_SUCCESS")}
+            gone = [key for key in old if key not in written]
+            if gone:
+                self.fs.rm(gone)
         for name, payload in (extra_json or {}).items():
             self.write_json(name, payload)
         if self.fs.exists(f"{self.path}/_temporary"):  # an object store has no empty folders
@@ -245,12 +285,30 @@ class OutputDir:
         self.write_json("_SUCCESS", manifest)
         return manifest
 
+    def _set_aside(self, local: bool) -> list[str]:
+        """The previous output's entries this run replaces, once its `_SUCCESS` is removed:
+        locally moved under `_temporary/` (removed with it); on an object store, the keys to
+        delete once the new objects are copied (what a reader meanwhile sees: no `_SUCCESS`)."""
+        if self.fs.exists(f"{self.path}/_SUCCESS"):
+            self.fs.rm(f"{self.path}/_SUCCESS")
+        keep = {"_temporary", *self.in_place}
+        entries = [e for e in self.fs.ls(self.path, detail=False)
+                   if posixpath.basename(e.rstrip("/")) not in keep]
+        if not local:
+            return [key for e in entries for key in (self.fs.find(e) or [e])]
+        aside = f"{self.tmp}.replaced"
+        self.fs.makedirs(aside, exist_ok=True)
+        for e in entries:
+            self.fs.mv(e, f"{aside}/{posixpath.basename(e.rstrip('/'))}", recursive=True)
+        return []
+
     def __enter__(self) -> "OutputDir":
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
-        """On an error, remove what this run wrote (`abort`); the error goes on."""
-        if kind is not None:
+        """On bad input, remove what this run wrote (`abort`); on any other error or an
+        interrupt keep it, for `--resume`. The error goes on."""
+        if kind is not None and issubclass(kind, UsageError):
             self.abort()
         return False
 
@@ -266,6 +324,36 @@ class OutputDir:
     def write_json(self, name: str, payload: dict) -> None:
         with self.fs.open(f"{self.path}/{name}", "w") as fh:
             json.dump(payload, fh, indent=2, default=str)
+
+
+PLAN, LEDGER = "_plan.json", "_ledger"
+# what may change when a run is resumed: where and how it runs, not what it computes
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "address", "num_cpus", "num_actors"})
+
+
+def comparable(arguments: dict) -> dict:
+    """Arguments as a manifest records them, without those a resumed run may change."""
+    return json.loads(json.dumps({k: v for k, v in redact(arguments).items() if k not in RESUMABLE_CHANGES},
+                                 default=str))
+
+
+def _same_plan(before: dict, now: dict) -> None:
+    """A UsageError naming the first argument or input that differs from the interrupted run's."""
+    old, new = before["arguments"], now["arguments"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key.endswith("_sha256"):  # a file's content (cli.CONTENT_FILES)
+                raise UsageError("cannot resume: the file {k} names changed since the interrupted run "
+                                 "(pass {o} to start over)", o="overwrite", k=key.removesuffix("_sha256"))
+            what = "the inputs" if key == "inputs" else "{k}"
+            raise UsageError(f"cannot resume: {what} was {old.get(key)!r} in the interrupted run, now "
+                             f"{new.get(key)!r} (pass {{o}} to start over)", o="overwrite", k=key)
+    was, now_in = ({f["uri"]: f for f in p["inputs"]} for p in (before, now))
+    for uri in list(was) + [u for u in now_in if u not in was]:
+        if was.get(uri) != now_in.get(uri):
+            change = "is new" if uri not in was else "is gone" if uri not in now_in else "changed"
+            raise UsageError(f"cannot resume: input {uri} {change} since the interrupted run "
+                             f"(pass {{o}} to start over)", o="overwrite")
 
 
 def read_json(uri: str) -> dict:

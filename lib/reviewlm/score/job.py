@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import replace
 
 import pandas as pd
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
+from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
-from reviewlm.io.readers import check_inputs, read_reviews, with_text
+from reviewlm.io.ledger import Done, Keys, drop_done, ledger_path, read_record, recover, write_record
+from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews, unusable, with_text
 from reviewlm.io.sink import RoutedParquetSink
-from reviewlm.io.storage import OutputDir, filesystem, fingerprints, read_json
+from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints, read_json
 from reviewlm.models import OFFLINE, portable_ref, resolve_model
 from reviewlm.options import RunOptions, ScoreArgs
+from reviewlm.progress import Meter, progress
 from reviewlm.results import FilterStats, ModelScores, ScoreResult, TrainResult
 from reviewlm.runtime import init_ray
 from reviewlm.score import metrics as M
@@ -45,6 +50,61 @@ def parse_models(specs: list[str]) -> dict[str, str]:
             raise UsageError(f"model name {name!r} given twice")
         models[name] = ref
     return models
+
+
+def _quarantine(texts, columns: Columns, run: RunOptions, out: OutputDir, what: str) -> dict[str, int]:
+    """Write the corpus rows no model can score (unparseable, or without a text) to quarantine/,
+    in one pass before any model; return how many have each reason (recorded, for --resume).
+    A corpus with no rows, or none usable, is a UsageError before any model loads."""
+    ledger = out.tmp_uri(ledger_path())
+    recorded = read_record(ledger, "quarantine")
+    if recorded is None:
+        if out.fs.exists(f"{out.tmp}/quarantine"):  # an interrupted pass
+            out.fs.rm(f"{out.tmp}/quarantine", recursive=True)
+        split = read_reviews(texts, columns, run.split_bytes).map_batches(_unusable_and_usable,
+                                                                          batch_format="pyarrow").materialize()
+        usable = int(split.sum("_usable") or 0) if split.count() else 0
+        bad = split.filter(expr=col("_usable").is_null()).drop_columns(["_usable"])
+        reasons = {}
+        if bad.count():
+            bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_filesystem(out.fs))
+            counts = bad.groupby("error").count().to_pandas()
+            reasons = dict(zip(counts["error"], counts["count()"].astype(int).tolist()))
+        recorded = {"reasons": reasons, "usable": usable}
+        write_record(ledger, "quarantine", recorded)
+    reasons, bad = recorded["reasons"], sum(recorded["reasons"].values())
+    if not (recorded["usable"] or bad):
+        raise UsageError(f"{what} has no rows")
+    check_quarantine(recorded["usable"] + bad, bad, reasons, what)
+    return reasons
+
+
+def _unusable_and_usable(batch: pa.Table) -> pa.Table:
+    """The batch's unusable rows (quarantine layout, `_usable` null) and one row counting the
+    usable ones in `_usable`: both from one read."""
+    bad = unusable(batch)
+    count = pa.table({f.name: pa.nulls(1, f.type) for f in bad.schema})
+    return pa.concat_tables([bad.append_column("_usable", pa.nulls(bad.num_rows, pa.int64())),
+                             count.append_column("_usable", pa.array([batch.num_rows - bad.num_rows], pa.int64()))])
+
+
+def _resumed(out: OutputDir, unit: str, routes: dict) -> Done:
+    """What an interrupted run recorded for one unit of work (a model on the prompts or the
+    corpus), its unrecorded files removed; nothing on a fresh run."""
+    if not out.resumed:
+        return Done()
+    done = recover(out.tmp_uri(), list(routes), unit)
+    if done.total:
+        print(f"  resuming {unit}: {done.total:,} rows scored by {done.tasks} finished tasks are kept")
+    return done
+
+
+def _pending(ds, done: Done, keys: Keys, **resources):
+    """`ds` without the rows an interrupted run wrote (the same `ds` on a fresh run)."""
+    if not done.ranges:
+        return ds
+    return ds.map_batches(drop_done, fn_kwargs={"done": done, "keys": keys}, batch_format="pyarrow", batch_size=None,
+                          **resources)
 
 
 def _trained(models: dict[str, str]) -> dict[str, TrainResult]:
@@ -100,38 +160,59 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
     trained = _trained(models) | ({"train_metrics": TrainResult.from_json(read_json(args.train_metrics))}
                                   if args.train_metrics else {})
     funnel = FilterStats.from_json(read_json(args.filter_stats)) if args.filter_stats else None
-    out = OutputDir(output, "score", run.overwrite).prepare()
-    started = time.time()
+    out = OutputDir(output, "score", run.overwrite, ledger=True).prepare(
+        run.resume, run.arguments, fingerprints(texts) + prompts.fingerprints())
+    started, attempt = time.time(), uuid.uuid4().hex[:6]
     with out:
         init_ray(run)
         pool, per_actor, corpus_pool = _pools(args.num_actors, use_gpu)
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
                   "corpus": S.CORPUS, "labels": S.LABELS}
+        unscored = _quarantine(texts, columns, run, out, f"the corpus {corpus[0]}") if corpus else {}
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
-            if task == "mlm" and len(prompts):
+            done = _resumed(out, f"m{i}-p", routes) if task == "mlm" else Done()
+            todo = len(prompts) - done.total if task == "mlm" else 0
+            if todo:
                 scorer = {"name": name, "ref": ref, "use_gpu": use_gpu, "top_k": args.top_k, "word_sets": word_sets,
                           "substitution_prompts": SUBSTITUTION_PROMPTS}
-                actors = min(pool, -(-len(prompts) // args.batch_size))  # no actor without a batch to score
-                prompts.dataset(actors).map_batches(
-                    S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
-                    compute=ActorPoolStrategy(size=actors), **per_actor,
-                ).write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-p"))
+                actors = min(pool, -(-todo // args.batch_size))  # no actor without a batch to score
+                with progress(Meter(f"scoring {name}", key="rows", unit="prompts", total=todo),
+                              bar=False) as tally:
+                    _pending(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0).map_batches(
+                        S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
+                        compute=ActorPoolStrategy(size=actors), **per_actor,
+                    ).write_datasink(RoutedParquetSink(
+                        out.tmp_uri(), routes, prefix=f"m{i}-p-{attempt}-", tally=tally, tally_route="prompts",
+                        keys=Keys("prompt_index"), done=done, unit=f"m{i}-p"))
             if corpus:
-                reviews = read_reviews(texts, columns, run.split_bytes).map_batches(with_text, batch_format="pyarrow")
-                actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
-                actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | ({"task": task} if task != "mlm" else {})
-                scored = reviews.map_batches(actor, fn_constructor_kwargs=actor_args, batch_size=args.batch_size,
-                                             batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
-                                             **per_actor)
-                scored.write_datasink(RoutedParquetSink(out.tmp_uri(), routes, prefix=f"m{i}-c"))
+                done = _resumed(out, f"m{i}-c", routes)
+                meter = Meter(f"scoring {name} on the corpus", key="bytes", unit="MB", scale=1e6,
+                              total=sum(f.size for f in texts.files),
+                              extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows scored")
+                with progress(meter, bar=False) as tally:
+                    reviews = _pending(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
+                        with_text, batch_format="pyarrow"), done, Keys("_row", "source"))
+                    actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
+                    actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | (
+                        {"task": task} if task != "mlm" else {})
+                    scored = reviews.map_batches(actor, fn_constructor_kwargs=actor_args, batch_size=args.batch_size,
+                                                 batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
+                                                 **per_actor)
+                    scored.write_datasink(RoutedParquetSink(
+                        out.tmp_uri(), routes, prefix=f"m{i}-c-{attempt}-", tally=tally,
+                        tally_route="corpus" if task == "mlm" else "labels", keys=Keys("_row", "source"), done=done,
+                        unit=f"m{i}-c"))
         summary = _summary(out, models, paths, classes, task, word_sets)
+        if corpus:
+            summary = replace(summary, corpus_quarantined=sum(unscored.values()))
         from reviewlm.report.render import write_report
 
         shown = _shown_prompts(out)
         predictions = _read(out, "predictions", filters=[("prompt_index", "in", shown["prompt_index"].tolist())]
                             if len(shown) else None)
         write_report(out, summary, predictions, shown, top_k=args.top_k, trained=trained, funnel=funnel)
-        counts = {"models": len(models), "prompts": len(prompts), "reviews": summary.corpus_reviews or 0}
+        counts = {"models": len(models), "prompts": len(prompts), "reviews": summary.corpus_reviews or 0,
+                  "quarantined": summary.corpus_quarantined or 0}
         out.commit(run.arguments, fingerprints(texts), counts, {"summary.json": summary.to_json()})
         return replace(summary, wall_time_s=round(time.time() - started, 2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -154,6 +155,19 @@ class Prompts:
 
     def __len__(self) -> int:
         return sum(f.count for f in self.files) + len(self.items)
+
+    def fingerprints(self) -> list[dict]:
+        """What identifies these prompts: each file's uri, size and mtime, and a hash of the
+        prompts made in the driver."""
+        out = []
+        for f in self.files:
+            info = self.fs.info(f.path)
+            mtime = info.get("mtime") or info.get("LastModified")
+            out.append({"uri": f.uri, "size": info["size"], **({"mtime": str(mtime)} if mtime else {})})
+        if self.items:
+            digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()[:16]
+            out.append({"uri": "(templates or reference prompts)", "size": len(self.items), "sha256": digest})
+        return out
 
     def dataset(self, blocks: int = 1) -> ray.data.Dataset:
         """Rows of `prompt` and `prompt_index`, in at least `blocks` blocks where there are

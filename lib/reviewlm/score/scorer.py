@@ -202,7 +202,19 @@ class CorpusScorer(_ModelActor):
                              "correct_at_1": int((top10[row][sel][:, 0] == gold).sum()),
                              "correct_at_10": int((top10[row][sel] == gold[:, None]).any(-1).sum()),
                              "nll_sum": float(-logp[row][sel].gather(-1, gold[:, None]).sum())})
-        return pa.Table.from_pylist(rows, schema=CORPUS).append_column("_route", pa.array(["corpus"] * len(rows)))
+        table = pa.Table.from_pylist(rows, schema=CORPUS).append_column("_route", pa.array(["corpus"] * len(rows)))
+        return with_keys(table, batch, order)
+
+
+def with_keys(table: pa.Table, batch: dict, order=None) -> pa.Table:
+    """`table` (a row per row of `batch`, in `order`) with the rows' `source` and `_row`, which
+    name them for the write's ledger (reviewlm.io.ledger) and are not written; `table` as it
+    is for a batch without them."""
+    if "_row" not in batch:
+        return table
+    order = np.arange(table.num_rows) if order is None else order
+    return (table.append_column("source", pa.array(np.asarray(batch["source"])[order].tolist(), pa.string()))
+            .append_column("_row", pa.array(np.asarray(batch["_row"])[order], pa.int64())))
 
 
 def class_names(config, task: str = "classify") -> list[str]:
@@ -253,4 +265,4 @@ class ClassifyScorer(_ModelActor):
             "predicted": [self.labels[k] for k in best], "probability": probs[rows, best],
             "probabilities": [list(zip(self.labels, p.tolist())) for p in probs],
             "nll": pa.array(nll, pa.float64(), mask=np.isnan(nll))}, schema=LABELS)
-        return table.append_column("_route", pa.array(["labels"] * len(texts)))
+        return with_keys(table.append_column("_route", pa.array(["labels"] * len(texts))), batch)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, replace
+from functools import partial
 
 import ray
 import torch
@@ -23,6 +24,7 @@ from reviewlm.io.storage import OutputDir, arrow_filesystem, compressed, filesys
 from reviewlm.metrics import STARS, classification_metrics, confusion_matrix, imbalance, star_metrics
 from reviewlm.models import portable_ref, resolve_model
 from reviewlm.options import MATERIALIZED, STREAM_EVAL_BLOCKS, RunOptions, TrainArgs
+from reviewlm.progress import Meter, progress
 from reviewlm.results import ClassMetrics, Epoch, Evaluation, TrainResult
 from reviewlm.runtime import init_ray
 from reviewlm.train import data
@@ -172,7 +174,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
     data_in = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars", delimiter=run.delimiter,
                            encoding=run.encoding)
     model_path = resolve_model(args.model)
-    out = OutputDir(output, "train", run.overwrite).prepare(resume=args.resume)
+    out = OutputDir(output, "train", run.overwrite).prepare(run.resume, run.arguments or asdict(args),
+                                                            fingerprints(data_in))
     started = time.time()
     with out:
         init_ray(run)
@@ -200,7 +203,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         warnings += _few_steps(total, steps_per_epoch, args) + _unbalanced(classes, args)
         config = LoopConfig.derive(args, model=portable_ref(args.model), total_steps=total, labels=tuple(labels or ()),
                                    class_weights=_weights(classes, args))
-        storage_uri = (args.storage or out.uri).rstrip("/") + "/checkpoints"
+        # an output being replaced keeps its checkpoints until the commit: this run's go with its data
+        storage_uri = (args.storage or (out.tmp_uri() if out.replacing else out.uri)).rstrip("/") + "/checkpoints"
         sfs, spath = filesystem(storage_uri)
         run_config = RunConfig(name="run", storage_path=spath if "file" not in sfs.protocol else os.path.abspath(spath),
                                storage_filesystem=None if "file" in sfs.protocol else arrow_filesystem(sfs),
@@ -211,11 +215,13 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         scaling = ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,  # streaming: CPUs for Ray Data
                                 resources_per_worker=None if args.use_gpu else {"CPU": 1 - data.DATA_CPUS * stream})
         # the same run name and storage: Ray Train continues from the latest checkpoint there
-        trainer = TorchTrainer(train_func, train_loop_config=asdict(config), scaling_config=scaling,
-                               run_config=run_config, datasets=datasets,
-                               dataset_config=data.FixedShards(datasets, args.num_workers,
-                                                               stream=("train",) if stream else ()))
-        fitted = trainer.fit()
+        meter = Meter("training", key="step", unit="steps", total=total, extra=partial(_step_extra, args=args))
+        with progress(meter) as tally:
+            trainer = TorchTrainer(train_func, train_loop_config=asdict(config) | {"tally": tally},
+                                   scaling_config=scaling, run_config=run_config, datasets=datasets,
+                                   dataset_config=data.FixedShards(datasets, args.num_workers,
+                                                                   stream=("train",) if stream else ()))
+            fitted = trainer.fit()
         _export(fitted.get_best_checkpoint("eval_loss", "min"), out)
         result = _result(fitted, args, model_path, counts, warnings, stream)
         if labels:
@@ -226,6 +232,14 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         _plots(result, out)
         out.commit(run.arguments or asdict(args), fingerprints(data_in), counts, {"metrics.json": result.to_json()})
         return replace(result, wall_time_s=round(time.time() - started, 1))
+
+
+def _step_extra(values: dict, rate: float, args: TrainArgs) -> str:
+    """A training progress line's loss and samples per second."""
+    parts = [f"loss {values['loss']:.3f}"] if "loss" in values else []
+    if rate:
+        parts.append(f"{rate * args.batch_size * args.num_workers:,.1f} samples/s")
+    return ", ".join(parts)
 
 
 def _warn(message: str) -> list[str]:

@@ -28,8 +28,8 @@ LENGTH_GROUP = 8  # reviews: batches of similar length are cut from this many ba
 class LoopConfig:
     """What every worker needs to train (the driver sets scaling and storage).
 
-    Made by `derive`: the fields `TrainArgs` names (its fields and properties) come from it,
-    the rest from what the driver worked out.
+    Made by `derive`: what the driver worked out is named in its signature, every other
+    field comes from `TrainArgs` (its fields and properties) by name.
     """
 
     task: str
@@ -48,7 +48,9 @@ class LoopConfig:
     weight_decay: float = 0.01
 
     @classmethod
-    def derive(cls, args, **worked_out) -> LoopConfig:
+    def derive(cls, args, *, model: str, total_steps: int, labels: tuple[str, ...] = (),
+               class_weights: tuple[float, ...] = ()) -> LoopConfig:
+        worked_out = {"model": model, "total_steps": total_steps, "labels": labels, "class_weights": class_weights}
         named = {f.name: getattr(args, f.name) for f in fields(cls)
                  if f.name not in worked_out and hasattr(args, f.name)}
         return cls(**named, **worked_out)
@@ -194,6 +196,8 @@ class Run:
     epoch: int = 0
     step: int = 0
     history: dict = field(default_factory=lambda: {"before": None, "epochs": [], "restarts": []})
+    tally: object = None  # the driver's progress tally (reviewlm.progress), told by rank 0
+    told: float = 0.0
 
     def autocast(self):
         dtype = torch.float16 if self.config.precision == "fp16" else torch.bfloat16
@@ -304,12 +308,23 @@ def train_epoch(run: Run, shard, collate) -> tuple[float, float | None]:
         if timer is None:  # the first step warms up: time the ones after it
             timer, timed_from = time.perf_counter(), len(losses)
         run.step += 1
+        tell(run, sum(losses) / len(losses))
         if run.step >= run.config.total_steps:
             break
+    tell(run, sum(losses) / max(len(losses), 1), now=True)
     elapsed = time.perf_counter() - timer if timer else 0.0
     samples = (len(losses) - timed_from) * bs * run.world_size if timer else 0
     total, count = _all_sum([sum(losses), len(losses)], run.device)
     return total / max(count, 1), (round(samples / elapsed, 2) if elapsed else None)
+
+
+def tell(run: Run, loss: float, now: bool = False) -> None:
+    """Rank 0 tells the driver's progress tally the step and this epoch's mean loss so far,
+    at most once a second (or `now`)."""
+    clock = time.monotonic()
+    if run.rank == 0 and run.tally is not None and (now or clock - run.told >= 1.0):
+        run.tally.set.remote({"step": run.step, "loss": loss})
+        run.told = clock
 
 
 def evaluate(run: Run, shard) -> dict:
@@ -359,7 +374,10 @@ def save_and_report(run: Run, metrics: dict) -> None:
 
 def train_func(config: dict) -> None:
     """Train on this worker's shard; evaluate, checkpoint and report every epoch."""
+    config = dict(config)
+    tally = config.pop("tally", None)
     run = set_up(LoopConfig(**config))
+    run.tally = tally
     restore(run)
     cfg = run.config
     if cfg.task == "mlm":  # fresh masks every pass over the training blocks

@@ -1,0 +1,146 @@
+"""Resume by finished rows: every write task records what it wrote, once it has written it.
+
+A write task of `RoutedParquetSink` writes its files, then a marker `_ledger/<tag>.json` that
+names them, the rows in them (as ranges of a key) and its counts. A resumed run removes every
+file no marker names (a task killed between its files and its marker), skips the rows the
+markers name, and adds their counts to its own: the output ends with every row once, as an
+uninterrupted run's. DataTrove's per-task completion markers, at the grain of a write task.
+
+Ray Data's own `checkpoint_config` was not used: it drops finished rows as they are read
+(before `dedup`'s group-by, which must see every row), takes one id column, and needs a
+shared file system for local paths.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from reviewlm.io.storage import LEDGER, filesystem
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The columns that name a row for good: an integer `index`, within a `group` when given
+    (a file's record number within its `source`; a prompt's number across all prompts)."""
+
+    index: str
+    group: str | None = None
+
+    def ranges(self, table: pa.Table) -> dict[str, list[list[int]]]:
+        """The keys of `table`'s rows as sorted, merged [start, end) ranges per group."""
+        groups = table[self.group].to_numpy(zero_copy_only=False) if self.group else np.full(table.num_rows, "")
+        index = table[self.index].to_numpy(zero_copy_only=False).astype(np.int64)
+        out = {}
+        for g in np.unique(groups):
+            rows = np.unique(index[groups == g])
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            out[str(g)] = [[int(r[0]), int(r[-1]) + 1] for r in np.split(rows, breaks)]
+        return out
+
+
+@dataclass
+class Done:
+    """What the markers of earlier runs record: the rows to skip and the counts to add."""
+
+    ranges: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (n, 2) merged [start, end)
+    rows: Counter = field(default_factory=Counter)  # per route
+    counted: dict[str, Counter] = field(default_factory=dict)  # per count column, per value
+    files: set[str] = field(default_factory=set)  # route/name, relative to the output
+    tasks: int = 0
+
+    @property
+    def total(self) -> int:
+        return int(sum(r[:, 1].sum() - r[:, 0].sum() for r in self.ranges.values()))
+
+    def pending(self, batch: pa.Table, keys: Keys) -> pa.Table:
+        """The rows of `batch` no earlier run wrote."""
+        if not self.ranges or batch.num_rows == 0:
+            return batch
+        groups = batch[keys.group].to_numpy(zero_copy_only=False) if keys.group else np.full(batch.num_rows, "")
+        index = batch[keys.index].to_numpy(zero_copy_only=False).astype(np.int64)
+        done = np.zeros(batch.num_rows, dtype=bool)
+        for g in np.unique(groups):
+            ranges = self.ranges.get(str(g))
+            if ranges is None:
+                continue
+            mine = groups == g
+            at = np.searchsorted(ranges[:, 0], index[mine], side="right") - 1
+            done[mine] = (at >= 0) & (index[mine] < ranges[np.maximum(at, 0), 1])
+        return batch.filter(pa.array(~done)) if done.any() else batch
+
+
+def write_record(folder_uri: str, name: str, payload: dict) -> None:
+    """Write `<folder>/<name>.json` whole or not at all."""
+    fs, path = filesystem(folder_uri)
+    data = json.dumps(payload).encode()
+    fs.makedirs(path, exist_ok=True)
+    if "file" in fs.protocol:  # write aside, then rename: a reader never sees half of it
+        fs.pipe(f"{path}/.{name}.json", data)
+        fs.mv(f"{path}/.{name}.json", f"{path}/{name}.json")
+    else:  # an object store's PUT is atomic
+        fs.pipe(f"{path}/{name}.json", data)
+
+
+def read_record(folder_uri: str, name: str) -> dict | None:
+    fs, path = filesystem(folder_uri)
+    return json.loads(fs.cat(f"{path}/{name}.json")) if fs.exists(f"{path}/{name}.json") else None
+
+
+def write_marker(ledger_uri: str, tag: str, files: list[str], ranges: dict, rows: dict, counted: dict) -> None:
+    """Record a write task's files (relative to the output), rows and counts."""
+    write_record(ledger_uri, tag, {"files": files, "keys": ranges, "rows": rows,
+                                   "counted": {c: dict(n) for c, n in counted.items()}})
+
+
+def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
+    """Read the markers under `base_uri` (of one `unit`: its files are named `part-<unit>-…`),
+    and remove the route files none of them names."""
+    fs, base = filesystem(base_uri)
+    base = base.rstrip("/")
+    done, spans = Done(), {}
+    for marker in sorted(fs.glob(f"{base}/{ledger_path(unit)}/*.json")):
+        if posixpath.basename(marker).startswith("."):
+            continue
+        try:
+            record = json.loads(fs.cat(marker))
+        except ValueError:  # cannot happen with atomic writes; if it does, the task runs again
+            continue
+        done.tasks += 1
+        done.files.update(record["files"])
+        done.rows.update(record["rows"])
+        for column, values in record["counted"].items():
+            done.counted.setdefault(column, Counter()).update(values)
+        for group, ranges in record["keys"].items():
+            spans.setdefault(group, []).extend(ranges)
+    done.ranges = {g: _merged(np.array(r, dtype=np.int64).reshape(-1, 2)) for g, r in spans.items()}
+    stray = [f for route in routes for f in fs.glob(f"{base}/{route}/part-{unit}-*" if unit else f"{base}/{route}/*")
+             if f[len(base) + 1:] not in done.files]
+    if stray:
+        fs.rm(stray)
+    return done
+
+
+def ledger_path(unit: str = "") -> str:
+    """Where a unit's markers go, relative to the output's run folder."""
+    return f"{LEDGER}/{unit}" if unit else LEDGER
+
+
+def _merged(ranges: np.ndarray) -> np.ndarray:
+    """Overlapping or touching [start, end) ranges merged, sorted by start."""
+    if not len(ranges):
+        return ranges
+    ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(ranges[:, 1])
+    first = np.flatnonzero(np.r_[True, ranges[1:, 0] > reach[:-1]])
+    return np.stack([ranges[first, 0], np.maximum.reduceat(ranges[:, 1], first)], axis=1)
+
+
+def drop_done(batch: pa.Table, done: Done, keys: Keys) -> pa.Table:
+    """A map step: the rows of `batch` no earlier run wrote."""
+    return done.pending(batch, keys)

@@ -1,0 +1,64 @@
+"""The write ledger behind --resume: keys as ranges, finished rows skipped, stray files removed."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+from reviewlm.io.ledger import Done, Keys, _merged, read_record, recover, write_marker, write_record
+
+
+def test_keys_become_merged_ranges_per_group():
+    table = pa.table({"source": ["a", "a", "b", "a", "a", "b"], "row": [3, 1, 7, 2, 9, 8]})
+    assert Keys("row", "source").ranges(table) == {"a": [[1, 4], [9, 10]], "b": [[7, 9]]}
+    assert Keys("prompt_index").ranges(pa.table({"prompt_index": [5, 4, 6, 0]})) == {"": [[0, 1], [4, 7]]}
+
+
+def test_overlapping_and_touching_ranges_merge():
+    merged = _merged(np.array([[10, 12], [0, 3], [3, 5], [11, 20], [30, 31]]))
+    assert merged.tolist() == [[0, 5], [10, 20], [30, 31]]
+    assert _merged(np.zeros((0, 2), dtype=np.int64)).shape == (0, 2)
+
+
+def test_pending_keeps_exactly_the_rows_no_range_holds():
+    done = Done(ranges={"a": np.array([[0, 2], [5, 6]]), "b": np.array([[1, 2]])})
+    batch = pa.table({"source": ["a"] * 7 + ["b", "b", "c"], "_row": list(range(7)) + [1, 2, 0]})
+    left = done.pending(batch, Keys("_row", "source"))
+    assert list(zip(left["source"].to_pylist(), left["_row"].to_pylist())) == [
+        ("a", 2), ("a", 3), ("a", 4), ("a", 6), ("b", 2), ("c", 0)]
+    assert done.total == 4
+
+
+def test_recover_reads_markers_and_removes_files_no_marker_names(tmp_path):
+    for route in ("kept", "rejected"):
+        (tmp_path / route).mkdir()
+        for tag in ("x-00000", "x-00001", "y-00000"):
+            (tmp_path / route / f"part-{tag}.parquet").write_bytes(b"data")
+    write_marker(str(tmp_path / "_ledger"), "x-00000", ["kept/part-x-00000.parquet", "rejected/part-x-00000.parquet"],
+                 {"f": [[0, 10]]}, {"kept": 7, "rejected": 3}, {"dropped_by": {"sentiment": 3}})
+    write_marker(str(tmp_path / "_ledger"), "y-00000", ["kept/part-y-00000.parquet"], {"f": [[10, 12]], "g": [[0, 1]]},
+                 {"kept": 3}, {"dropped_by": {}})
+    (tmp_path / "_ledger" / ".x-00001.json").write_text('{"files": [')  # a marker never renamed into place
+    done = recover(str(tmp_path), ["kept", "rejected"])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*.parquet")) == [
+        "kept/part-x-00000.parquet", "kept/part-y-00000.parquet", "rejected/part-x-00000.parquet"]
+    assert done.tasks == 2 and done.rows == {"kept": 10, "rejected": 3} and done.total == 13
+    assert done.counted["dropped_by"] == {"sentiment": 3} and done.ranges["f"].tolist() == [[0, 12]]
+
+
+def test_a_unit_recovers_only_its_own_files(tmp_path):
+    (tmp_path / "masks").mkdir()
+    for name in ("part-m0-p-a-00000", "part-m0-p-b-00000", "part-m1-p-a-00000"):
+        (tmp_path / "masks" / f"{name}.parquet").write_bytes(b"data")
+    write_marker(str(tmp_path / "_ledger" / "m0-p"), "m0-p-a-00000", ["masks/part-m0-p-a-00000.parquet"],
+                 {"": [[0, 5]]}, {"masks": 5}, {})
+    assert recover(str(tmp_path), ["masks"], "m0-p").total == 5
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+        "part-m0-p-a-00000.parquet", "part-m1-p-a-00000.parquet"]
+
+
+def test_a_record_is_read_back_whole(tmp_path):
+    assert read_record(str(tmp_path), "quarantine") is None
+    write_record(str(tmp_path), "quarantine", {"invalid JSON": 2})
+    assert read_record(str(tmp_path), "quarantine") == {"invalid JSON": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["quarantine.json"]
+    assert json.loads((tmp_path / "quarantine.json").read_text()) == {"invalid JSON": 2}
