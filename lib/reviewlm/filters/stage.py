@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
-from reviewlm.io.ledger import Done, Keys, drop_done, recover
+from reviewlm.io.ledger import Done, Keys, recover, skip_done
 from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
@@ -118,9 +118,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             ds = read_reviews(source, columns, run.split_bytes, tally)
             for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
                 ds = leaf.prepare(ds, source)
-            if done.ranges:  # after the steps that see every row (dedup), before the costly ones
-                ds = ds.map_batches(drop_done, fn_kwargs={"done": done, "keys": Keys("_row", "source")},
-                                    batch_format="pyarrow", batch_size=None)
+            ds = skip_done(ds, done, Keys("_row", "source"))  # after dedup, which sees every row
             # One batch per block (at most DataContext.target_max_block_size): a batch_size
             # would keep Ray Data from fusing the read into this step and the write.
             ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},

@@ -32,10 +32,14 @@ class Keys:
     index: str
     group: str | None = None
 
+    def of(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's group ("" without a group column) and index."""
+        groups = table[self.group].to_numpy(zero_copy_only=False) if self.group else np.full(table.num_rows, "")
+        return groups, table[self.index].to_numpy(zero_copy_only=False).astype(np.int64)
+
     def ranges(self, table: pa.Table) -> dict[str, list[list[int]]]:
         """The keys of `table`'s rows as sorted, merged [start, end) ranges per group."""
-        groups = table[self.group].to_numpy(zero_copy_only=False) if self.group else np.full(table.num_rows, "")
-        index = table[self.index].to_numpy(zero_copy_only=False).astype(np.int64)
+        groups, index = self.of(table)
         out = {}
         for g in np.unique(groups):
             rows = np.unique(index[groups == g])
@@ -62,8 +66,7 @@ class Done:
         """The rows of `batch` no earlier run wrote."""
         if not self.ranges or batch.num_rows == 0:
             return batch
-        groups = batch[keys.group].to_numpy(zero_copy_only=False) if keys.group else np.full(batch.num_rows, "")
-        index = batch[keys.index].to_numpy(zero_copy_only=False).astype(np.int64)
+        groups, index = keys.of(batch)
         done = np.zeros(batch.num_rows, dtype=bool)
         for g in np.unique(groups):
             ranges = self.ranges.get(str(g))
@@ -141,6 +144,9 @@ def _merged(ranges: np.ndarray) -> np.ndarray:
     return np.stack([ranges[first, 0], np.maximum.reduceat(ranges[:, 1], first)], axis=1)
 
 
-def drop_done(batch: pa.Table, done: Done, keys: Keys) -> pa.Table:
-    """A map step: the rows of `batch` no earlier run wrote."""
-    return done.pending(batch, keys)
+def skip_done(ds, done: Done, keys: Keys, **resources):
+    """`ds` without the rows an interrupted run wrote (the same `ds` on a fresh run)."""
+    if not done.ranges:
+        return ds
+    return ds.map_batches(done.pending, fn_kwargs={"keys": keys}, batch_format="pyarrow", batch_size=None,
+                          **resources)

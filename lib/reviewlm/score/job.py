@@ -15,7 +15,7 @@ from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
-from reviewlm.io.ledger import Done, Keys, drop_done, ledger_path, read_record, recover, write_record
+from reviewlm.io.ledger import Done, Keys, ledger_path, read_record, recover, skip_done, write_record
 from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews, unusable, with_text
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints, read_json
@@ -99,14 +99,6 @@ def _resumed(out: OutputDir, unit: str, routes: dict) -> Done:
     return done
 
 
-def _pending(ds, done: Done, keys: Keys, **resources):
-    """`ds` without the rows an interrupted run wrote (the same `ds` on a fresh run)."""
-    if not done.ranges:
-        return ds
-    return ds.map_batches(drop_done, fn_kwargs={"done": done, "keys": keys}, batch_format="pyarrow", batch_size=None,
-                          **resources)
-
-
 def _trained(models: dict[str, str]) -> dict[str, TrainResult]:
     """The train results of the models that are a `reviewlm train` output's model/ (REF is OUT/model)."""
     found = {}
@@ -178,7 +170,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                 actors = min(pool, -(-todo // args.batch_size))  # no actor without a batch to score
                 with progress(Meter(f"scoring {name}", key="rows", unit="prompts", total=todo),
                               bar=False) as tally:
-                    _pending(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0).map_batches(
+                    skip_done(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0).map_batches(
                         S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=actors), **per_actor,
                     ).write_datasink(RoutedParquetSink(
@@ -190,7 +182,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                               total=sum(f.size for f in texts.files),
                               extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows scored")
                 with progress(meter, bar=False) as tally:
-                    reviews = _pending(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
+                    reviews = skip_done(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
                         with_text, batch_format="pyarrow"), done, Keys("_row", "source"))
                     actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
                     actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | (
