@@ -97,7 +97,7 @@ def kill_job_when(argv: list, ready, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not ready():
         assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
 

@@ -47,10 +47,12 @@ class Filter(Expr):
         """Decide for every row of `batch`; return (keep-mask, score columns)."""
         raise NotImplementedError
 
-    def prepare(self, ds, inputs):
+    def prepare(self, ds, inputs, pieces: int):
         """The dataset this filter decides on: a filter that needs a pass over all rows first
         (such as dedup) adds its columns here, once per name in a recipe. `inputs` are the job's
-        `Inputs`: their URIs' order (then the record number) says which of two rows came first."""
+        `Inputs`: their URIs' order (then the record number) says which of two rows came first;
+        the read cuts them into `pieces` (--split-mb), which a filter that regroups rows keeps
+        as its number of blocks."""
         return ds
 
     def leaves(self) -> list["Filter"]:

@@ -59,8 +59,10 @@ class Dedup(Filter):
     name = "dedup"
     score_fields = [pa.field("duplicate_of", pa.string())]
 
-    def prepare(self, ds, inputs):
-        return mark_duplicates(ds, num_partitions=max(2, int(ray.cluster_resources().get("CPU", 2))))
+    def prepare(self, ds, inputs, pieces):
+        # as many partitions as read pieces: the rows after the join come in blocks of about
+        # --split-mb, which bounds a write task's memory and what a killed run loses
+        return mark_duplicates(ds, num_partitions=max(2, pieces, int(ray.cluster_resources().get("CPU", 2))))
 
     def apply(self, batch):
         if FIRST not in batch.column_names:

@@ -288,7 +288,7 @@ class NearDedup(Filter):
     def _columns(self) -> tuple[str, str]:
         return f"{FIRST}:{self.name}", f"_near_similarity:{self.name}"
 
-    def prepare(self, ds: ray.data.Dataset, inputs) -> ray.data.Dataset:
+    def prepare(self, ds: ray.data.Dataset, inputs, pieces: int) -> ray.data.Dataset:
         ranks = {s: i for i, s in enumerate(sorted(f.uri for f in inputs.files))}
         bands_ds = ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={
             "ranks": ranks, "ngram": self.ngram, "num_perm": self.num_perm, "bands": self.bands,

@@ -19,7 +19,8 @@ from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, scatter
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
 from reviewlm.io.ledger import Done, Keys, recover, skip_done
-from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews
+from reviewlm.io.pieces import plan_pieces
+from reviewlm.io.readers import ReviewDatasource, check_inputs, check_quarantine, read_source
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
@@ -115,9 +116,10 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         meter = Meter("filtering", key="bytes", unit="MB", scale=1e6, total=sum(f.size for f in source.files),
                       extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows written")
         with progress(meter, bar=False) as tally:
-            ds = read_reviews(source, columns, run.split_bytes, tally)
+            pieces = plan_pieces(source, run.split_bytes)
+            ds = read_source(ReviewDatasource(source, pieces, columns, tally))
             for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
-                ds = leaf.prepare(ds, source)
+                ds = leaf.prepare(ds, source, len(pieces))
             ds = skip_done(ds, done, Keys("_row", "source"))  # after dedup, which sees every row
             # One batch per block (at most DataContext.target_max_block_size): a batch_size
             # would keep Ray Data from fusing the read into this step and the write.

@@ -223,8 +223,8 @@ class OutputDir:
                 inputs: list[dict] | None = None) -> "OutputDir":
         """Refuse an existing output unless overwrite (or resume, which keeps what is there).
 
-        A probe file is written and removed, so an output we may not write fails now, not
-        after hours of work.
+        The run's plan (`arguments`, `inputs`) is written first, so an output we may not
+        write fails now, not after hours of work.
         """
         plan = {"job": self.job, "arguments": comparable(arguments or {}), "inputs": inputs or []}
         try:
@@ -259,6 +259,8 @@ class OutputDir:
         """Move the data into place (replacing a previous output), write `extra_json` files,
         then `_SUCCESS` last."""
         local = "file" in self.fs.protocol
+        if not local:  # the run's tasks wrote (and a resume removed) objects this process has not seen
+            self.fs.invalidate_cache()
         for what in (PLAN, LEDGER):  # the run's own records are not output
             if self.fs.exists(f"{self.tmp}/{what}"):
                 self.fs.rm(f"{self.tmp}/{what}", recursive=True)
