@@ -156,15 +156,17 @@ def test_a_killed_or_failed_overwrite_leaves_the_old_output_as_it_was(corpus, cl
     assert top(out) == top(clean[1]) and not (out / "_temporary").exists()
 
 
-def test_an_overwrite_on_s3_leaves_no_old_object_behind(s3, ray_cluster, tmp_path):
+def test_an_overwrite_on_s3_leaves_no_old_object_behind(s3, ray_cluster, tmp_path, capsys):
     """On S3 the commit copies: the replaced output holds exactly the new run's objects."""
     write_synth("s3://reviews/swap/big", 2000, seed=3, shards=4)
     write_synth("s3://reviews/swap/small", 200, seed=4)
     recipe = parse_recipe(RECIPE)
     filter_reviews(["s3://reviews/swap/big"], "s3://reviews/swap/out", recipe=recipe, run=RunOptions(split_mb=0.05))
     old = set(s3.find("reviews/swap/out"))
+    capsys.readouterr()
     filter_reviews(["s3://reviews/swap/small"], "s3://reviews/swap/out", recipe=recipe,
                    run=RunOptions(overwrite=True))
+    assert "; 200 rows written" in capsys.readouterr().out  # the progress line counts every task's rows
     s3.invalidate_cache()
     new = set(s3.find("reviews/swap/out"))
     fresh = filter_reviews(["s3://reviews/swap/small"], "s3://reviews/swap/fresh", recipe=recipe)

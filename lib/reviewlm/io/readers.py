@@ -64,7 +64,7 @@ def read_piece(fs, piece: Piece, columns: Columns, tally=None) -> Iterator[pa.Ta
     if len(batcher):
         yield batcher.flush()
     if tally is not None:
-        tally.add.remote({"bytes": piece.size}, once=f"{file.uri}@{piece.start}")
+        ray.get(tally.add.remote({"bytes": piece.size}, once=f"{file.uri}@{piece.start}"))  # before the task ends
 
 
 class ReviewDatasource(Datasource):

@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 from ray.data.datasource import Datasink
 
 from reviewlm.io.ledger import Done, Keys, ledger_path, write_marker
@@ -67,7 +68,7 @@ class RoutedParquetSink(Datasink):
                     if self.keys is not None:
                         written.append(part.select([c for c in (self.keys.group, self.keys.index) if c]))
                     if self.tally is not None and route == (self.tally_route or route):
-                        self.tally.add.remote({"rows": part.num_rows})
+                        ray.get(self.tally.add.remote({"rows": part.num_rows}))  # counted before the task ends
             for w in writers.values():
                 w.close()
             if self.keys is not None and written:

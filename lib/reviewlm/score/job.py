@@ -10,7 +10,7 @@ from dataclasses import replace
 import pandas as pd
 import pyarrow as pa
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, TaskPoolStrategy
 from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
@@ -170,7 +170,9 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                 actors = min(pool, -(-todo // args.batch_size))  # no actor without a batch to score
                 with progress(Meter(f"scoring {name}", key="rows", unit="prompts", total=todo),
                               bar=False) as tally:
-                    skip_done(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0).map_batches(
+                    # zero-CPU as the read is, and no more tasks than actors (each would start a worker)
+                    skip_done(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0,
+                              compute=TaskPoolStrategy(size=actors)).map_batches(
                         S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=actors), **per_actor,
                     ).write_datasink(RoutedParquetSink(
