@@ -51,23 +51,6 @@ def test_a_worker_killed_while_filtering_changes_nothing(ray_cluster, corpus, cl
     same_result(stats, out, clean)
 
 
-def test_a_filter_job_killed_as_a_whole_leaves_no_success_and_reruns_cleanly(corpus, clean, tmp_path):
-    out = tmp_path / "out"
-    (tmp_path / "recipe.yaml").write_text(RECIPE)
-    argv = [str(BIN / "reviewlm"), "filter", corpus, "--output", str(out), "--recipe", str(tmp_path / "recipe.yaml"),
-            "--num-cpus", "2"]
-    kill_job_when(argv, ready=lambda: any(out.glob("_temporary/*/kept/*.parquet")), timeout=120)  # while writing
-    assert not (out / "_SUCCESS").exists() and not (out / "kept").exists()
-
-    rerun = subprocess.run(argv, capture_output=True, text=True)
-    assert rerun.returncode == 2 and "--overwrite" in rerun.stderr  # an unfinished output is not reused silently
-    rerun = subprocess.run(argv + ["--overwrite"], capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    stats = json.loads((out / "stats.json").read_text())
-    same_result(stats, out, clean)
-    assert not (out / "_temporary").exists()
-
-
 @pytest.fixture(scope="module")
 def s3_corpus(s3):
     write_synth("s3://reviews/flaky/in", 2000, seed=6, shards=4)

@@ -3,6 +3,7 @@ where it stopped and ends with exactly the output of an uninterrupted run."""
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,23 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
             "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: len(local_markers(out)) >= 2, timeout=180)
     written = recorded_files(out)
-    assert written and not (out / "_SUCCESS").exists()
+    assert written and not (out / "_SUCCESS").exists() and not (out / "kept").exists()  # nothing published
 
     assert_one_line(run_cli(*argv[1:]), "pass --resume to continue it")
     assert_one_line(run_cli(*argv[1:-4], "--split-mb", 2, "--resume"),
                     "cannot resume: --split-mb was 1.0 in the interrupted run, now 2.0")
+    recipe_file.write_text(RECIPE.replace("0.05", "0.5"))  # the recipe edited since
+    try:
+        assert_one_line(run_cli(*argv[1:], "--resume"), "cannot resume: the file --recipe names changed")
+    finally:
+        recipe_file.write_text(RECIPE)
+    first = sorted(Path(corpus).glob("*.jsonl"))[0]
+    was = first.stat()
+    os.utime(first, ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))  # an input written to since
+    try:
+        assert_one_line(run_cli(*argv[1:], "--resume"), f"cannot resume: input {first} changed")
+    finally:
+        os.utime(first, ns=(was.st_atime_ns, was.st_mtime_ns))
     res = run_cli(*argv[1:-2], "--num-cpus", 1, "--resume")  # where it runs may change
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming: " in res.stdout and "kept" in res.stdout
@@ -84,22 +97,6 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert not (out / "_temporary").exists() and json.loads((out / "_SUCCESS").read_text())["counts"]["kept"] == \
         stats["kept"]
-
-
-def test_a_resume_refuses_an_edited_recipe_or_input(corpus, recipe_file, tmp_path):
-    data = tmp_path / "data"
-    write_synth(str(data), 20_000, seed=8, shards=2, min_words=20, max_words=40)
-    out, recipe = tmp_path / "out", tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    argv = [BIN / "reviewlm", "filter", data, "--output", out, "--recipe", recipe, "--split-mb", 0.5,
-            "--num-cpus", 2]
-    kill_job_when(argv, ready=lambda: len(local_markers(out)) >= 1, timeout=180)
-    recipe.write_text(RECIPE.replace("0.05", "0.5"))
-    assert_one_line(run_cli(*argv[1:], "--resume"), "cannot resume: the file --recipe names changed")
-    recipe.write_text(RECIPE)
-    first = sorted(data.glob("*.jsonl"))[0]
-    first.write_bytes(first.read_bytes() + b'{"text": "one more review"}\n')
-    assert_one_line(run_cli(*argv[1:], "--resume"), f"cannot resume: input {first} changed")
 
 
 def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s3, ray_cluster, recipe_file,
@@ -130,7 +127,7 @@ def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s
 
 def test_a_killed_score_job_resumes_to_exactly_the_uninterrupted_output(ray_cluster, tiny, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"review {i}: the shoes are [MASK] and the fit is [MASK].\n" for i in range(3000)))
+    prompts.write_text("".join(f"review {i}: the shoes are [MASK] and the fit is [MASK].\n" for i in range(2000)))
     write_synth(str(tmp_path / "corpus"), 300, seed=10)
     reviews = str(tmp_path / "corpus")
     clean = tmp_path / "clean"

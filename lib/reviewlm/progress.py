@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 EVERY_S = 30.0  # plain lines: at most one this often (REVIEWLM_PROGRESS_S overrides)
 POLL_S = 1.0
@@ -46,6 +47,18 @@ class Tally:
 
     def get(self) -> dict[str, float]:
         return dict(self.values)
+
+
+def count(tally, values: dict[str, float], once: str | None = None) -> None:
+    """Add `values` to a stage's `tally` (None: no progress kept) and wait until it is counted,
+    so that the stage's last line counts every task. Progress never fails a task: a tally that
+    is gone (its node lost) is passed over."""
+    if tally is None:
+        return
+    try:
+        ray.get(tally.add.remote(values, once=once), timeout=POLL_S * 10)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
 
 
 def duration(seconds: float) -> str:
@@ -102,7 +115,8 @@ def progress(meter: Meter, *, bar: bool = True, out=None) -> Iterator[object]:
     runs, ending with one line when it succeeds. `bar=False`: on a terminal, nothing (Ray Data
     shows its own bars there)."""
     out = out or sys.stdout
-    tally = Tally.remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tally = Tally.options(scheduling_strategy=here).remote()  # lives and dies with the driver's node
     tty = out.isatty()
     stop = threading.Event()
     every = float(os.environ.get("REVIEWLM_PROGRESS_S") or EVERY_S)

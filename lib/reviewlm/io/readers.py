@@ -36,6 +36,7 @@ from reviewlm.io.records import (
     read_parquet_file,
 )
 from reviewlm.io.storage import Inputs, expand_inputs
+from reviewlm.progress import count
 
 QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
 
@@ -63,8 +64,7 @@ def read_piece(fs, piece: Piece, columns: Columns, tally=None) -> Iterator[pa.Ta
         f.close()
     if len(batcher):
         yield batcher.flush()
-    if tally is not None:
-        ray.get(tally.add.remote({"bytes": piece.size}, once=f"{file.uri}@{piece.start}"))  # before the task ends
+    count(tally, {"bytes": piece.size}, once=f"{file.uri}@{piece.start}")
 
 
 class ReviewDatasource(Datasource):

@@ -7,11 +7,11 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 from ray.data.datasource import Datasink
 
 from reviewlm.io.ledger import Done, Keys, ledger_path, write_marker
 from reviewlm.io.storage import arrow_filesystem, filesystem
+from reviewlm.progress import count
 
 
 class RoutedParquetSink(Datasink):
@@ -67,8 +67,8 @@ class RoutedParquetSink(Datasink):
                     rows[route] += part.num_rows
                     if self.keys is not None:
                         written.append(part.select([c for c in (self.keys.group, self.keys.index) if c]))
-                    if self.tally is not None and route == (self.tally_route or route):
-                        ray.get(self.tally.add.remote({"rows": part.num_rows}))  # counted before the task ends
+                    if route == (self.tally_route or route):
+                        count(self.tally, {"rows": part.num_rows})
             for w in writers.values():
                 w.close()
             if self.keys is not None and written:
