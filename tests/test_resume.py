@@ -71,7 +71,8 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
     written = recorded_files(out)
     assert written and not (out / "_SUCCESS").exists() and not (out / "kept").exists()  # nothing published
 
-    assert_one_line(run_cli(*argv[1:]), "pass --resume to continue it")
+    assert_one_line(run_cli(*argv[1:]),  # not reused silently
+                    "pass --overwrite to replace it (an interrupted run: pass --resume to continue it)")
     assert_one_line(run_cli(*argv[1:-4], "--split-mb", 2, "--resume"),
                     "cannot resume: --split-mb was 1.0 in the interrupted run, now 2.0")
     recipe_file.write_text(RECIPE.replace("0.05", "0.5"))  # the recipe edited since
