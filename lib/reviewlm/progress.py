@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 EVERY_S = 30.0  # plain lines: at most one this often (REVIEWLM_PROGRESS_S overrides)
 POLL_S = 1.0
+WAIT_S = 10.0  # for the tally's answer, by the driver or a task
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -56,7 +57,7 @@ def count(tally, values: dict[str, float], once: str | None = None) -> None:
     if tally is None:
         return
     try:
-        ray.get(tally.add.remote(values, once=once), timeout=POLL_S * 10)
+        ray.get(tally.add.remote(values, once=once), timeout=WAIT_S)
     except (ray.exceptions.RayError, TimeoutError):
         pass
 
@@ -141,7 +142,7 @@ def progress(meter: Meter, *, bar: bool = True, out=None) -> Iterator[object]:
 
 def _values(tally) -> dict | None:
     try:
-        return ray.get(tally.get.remote(), timeout=10)
+        return ray.get(tally.get.remote(), timeout=WAIT_S)
     except (ray.exceptions.RayError, TimeoutError):
         return None
 
