@@ -8,7 +8,7 @@ from reviewlm.cli import build_parser
 
 ROOT = Path(__file__).parents[1]
 PAGES = {"filter": "filter.md", "train": "train.md", "score": "score.md", "pipeline": "pipeline.md",
-         "demo": "pipeline.md", "synth": "synth.md"}
+         "demo": "pipeline.md", "synth": "synth.md", "recommend": "recommend.md"}
 
 
 def test_every_flag_of_every_job_is_on_its_docs_page():

@@ -14,8 +14,17 @@ from reviewlm.errors import UsageError, usage_cause
 from reviewlm.io.layout import Columns
 from reviewlm.io.storage import FORMATS
 from reviewlm.models import DEFAULT_MODEL
-from reviewlm.options import PROMPTS_PER_PIECE, RunOptions, ScoreArgs, TrainArgs, add_options, from_options
-from reviewlm.results import ClassMetrics, FilterStats, PipelineResult, ScoreResult, TrainResult
+from reviewlm.options import (
+    PROMPTS_PER_PIECE,
+    RecommendArgs,
+    RunOptions,
+    ScoreArgs,
+    TrainArgs,
+    add_options,
+    from_options,
+)
+from reviewlm.recommend.catalog import CatalogColumns
+from reviewlm.results import ClassMetrics, FilterStats, PipelineResult, RecommendResult, ScoreResult, TrainResult
 from reviewlm.runtime import VERBOSE
 
 
@@ -80,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a deterministic corpus of template reviews or relevance pairs")
     p.add_argument("--output", required=True, help="output directory, local or s3://")
-    p.add_argument("--kind", choices=["reviews", "relevance"], default="reviews",
-                   help="reviews, or (query, product_title, esci_label) pairs for --task classify")
+    p.add_argument("--kind", choices=["reviews", "relevance", "catalog"], default="reviews",
+                   help="reviews; (query, product_title, esci_label) pairs for --task classify; or a catalogue "
+                        "(--rows products) with reviews, needs and judgments for recommend")
     p.add_argument("--rows", type=int, default=25_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
@@ -91,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-copies", type=float, default=0.0,
                    help="share of reviews that re-post an earlier one with one edit (a word, a tail, case, order)")
     add_options(p, RunOptions, only=("overwrite",))
+
+    p = sub.add_parser("recommend", help="rank catalogue products for needs in plain words (Ray Data)")
+    p.add_argument("--catalog", nargs="+", required=True, metavar="URI", help="product table(s), local or s3://")
+    p.add_argument("--queries", required=True, metavar="URI", help="needs: a text file, one per line "
+                                                                     "(or a table, with --query-column)")
+    p.add_argument("--output", required=True, help="output directory, local or s3://")
+    add_options(p, CatalogColumns, suffix="-column")
+    p.add_argument("--reviews", nargs="+", metavar="URI", help="reviews to join on the product: count, mean rating "
+                                                               "and mean VADER sentiment per product")
+    p.add_argument("--review-product-column", default="product_id",
+                   help="reviews: the column naming the product (default: product_id)")
+    p.add_argument("--review-text-column", default="text", help="reviews: the text column (default: text)")
+    p.add_argument("--review-rating-column", default="rating", help="reviews: the 1-5 star column (default: rating)")
+    add_options(p, RecommendArgs)
+    add_options(p, RunOptions, only=("address", "num_cpus", "verbose", "split_mb", "delimiter", "encoding",
+                                     "overwrite"))
 
     p = sub.add_parser("pipeline", help="filter -> fine-tune v1 (all) and v2 (kept) -> score -> report")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="review dump (not with --demo)")
@@ -216,13 +242,38 @@ def format_scores(result: ScoreResult) -> str:
     return "\n".join(lines)
 
 
+def run_recommend(args) -> RecommendResult:
+    from reviewlm.recommend.job import recommend
+
+    catalog = CatalogColumns(**{f: getattr(args, f"{f}_column") for f in CatalogColumns.__dataclass_fields__})
+    result = recommend(args.catalog, args.queries, args.output, from_options(RecommendArgs, args), columns=catalog,
+                       reviews=args.reviews, review_columns=(args.review_product_column, args.review_text_column,
+                                                             args.review_rating_column), run=_run(args))
+    print(format_recommendations(result))
+    print(f"report: {args.output.rstrip('/')}/report.html")
+    return result
+
+
+def format_recommendations(result: RecommendResult) -> str:
+    """What was ranked and, with judgments, the metrics."""
+    lines = [f"ranked {result.ranked_rows:,} products for {result.queries:,} needs from {result.products:,} "
+             f"({result.quarantined:,} catalogue rows quarantined, {len(result.empty_queries)} empty needs skipped)"]
+    m = result.metrics
+    if m:
+        figures = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith(("ndcg", "mrr", "recall"))
+                            and v is not None)
+        lines.append(f"{figures}  over {m['queries_judged']} judged needs")
+    return "\n".join(lines)
+
+
 def run_synth(args) -> dict:
     from reviewlm.synth import write_synth
 
     manifest = write_synth(args.output, args.rows, args.seed, args.format, args.shards,
                            args.min_words, args.max_words, kind=args.kind, near_copies=args.near_copies,
                            run=_run(args))
-    print(f"wrote {args.rows} {'reviews' if args.kind == 'reviews' else 'query-product pairs'} to {args.output}")
+    what = {"reviews": "reviews", "relevance": "query-product pairs", "catalog": "products"}[args.kind]
+    print(f"wrote {args.rows} {what} to {args.output}")
     return manifest
 
 
@@ -251,8 +302,8 @@ def run_pipeline(args) -> PipelineResult:
     return result
 
 
-COMMANDS = {"filter": run_filter, "train": run_train, "score": run_score, "pipeline": run_pipeline,
-            "demo": run_pipeline, "synth": run_synth}
+COMMANDS = {"filter": run_filter, "train": run_train, "score": run_score, "recommend": run_recommend,
+            "pipeline": run_pipeline, "demo": run_pipeline, "synth": run_synth}
 
 
 def main(argv: list[str] | None = None) -> int:

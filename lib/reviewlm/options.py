@@ -219,3 +219,45 @@ class ScoreArgs:
             raise UsageError(f"{{o}} must be mlm, stars or classify, not {self.task!r}", o="task")
         if not 1 <= self.top_k <= 1000:
             raise UsageError("{o} must be between 1 and 1000", o="top_k")
+
+
+@dataclass(frozen=True)
+class RecommendArgs:
+    """How needs become ranked products; the `recommend` command's options are built from these."""
+
+    model: str = option("starter", help="sentence encoder for dense retrieval: starter (all-MiniLM-L6-v2, shipped, "
+                                        "offline), a hub id, local or s3:// directory")
+    retriever: Literal["dense", "bm25", "hybrid"] = option(
+        "dense", help="dense: sentence embeddings; bm25: words of title and description; hybrid: both, "
+                      "reciprocal-rank fused")
+    reranker: str | None = option(None, help="a (need, product title) pair classifier to reorder the candidates: a "
+                                             "train --task classify --text-pair-column output's model/")
+    candidates: int = option(100, help="products retrieved per need (reranked, then cut to --top-k)")
+    top_k: int = option(10, help="products ranked per need")
+    order: Literal["relevance", "rating", "price"] = option(
+        "relevance", help="order of the top-k relevance chose: by relevance, by rating (the reviews' mean with "
+                          "--reviews, else the catalogue's; highest first) or by price (lowest first)")
+    max_price: float | None = option(None, help="rank only products priced at most this (unpriced ones left out)")
+    query_column: str | None = option(None, help="--queries is a table: the column holding the needs "
+                                                 "(default: a text file, one need per line)")
+    embeddings: str | None = option(None, help="reuse a previous run's OUT/embeddings/ (same --model) instead of "
+                                               "encoding the catalogue again")
+    judgments: str | None = option(None, help="table of query, product_id, gain: nDCG, MRR and recall in "
+                                              "summary.json")
+    batch_size: int = option(256, help="rows per actor call")
+    num_actors: int | None = option(None, help="encoder and reranker actors (default: one per CPU, or GPU)")
+    use_gpu: bool = option(False, help="one GPU per actor")
+
+    def __post_init__(self):
+        for name, allowed in (("retriever", ("dense", "bm25", "hybrid")), ("order", ("relevance", "rating", "price"))):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{{o}} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}", o=name)
+        for name in ("candidates", "top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError("{o} must be at least 1", o=name)
+        if self.top_k > self.candidates:
+            raise UsageError("{o} must be at most {c}", o="top_k", c="candidates")
+        if self.max_price is not None and not self.max_price >= 0:
+            raise UsageError("{o} must be at least 0", o="max_price")
+        if self.embeddings and self.retriever == "bm25":
+            raise UsageError("{o} is for the dense and hybrid retrievers", o="embeddings")

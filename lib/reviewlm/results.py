@@ -290,3 +290,33 @@ class PipelineResult:
                                        "mean_filled_vader")}
                           for n, m in self.score.models.items()},
                 "report": self.report, "wall_time_s": self.wall_time_s}
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    """What a recommend job did (summary.json): the needs ranked, the catalogue read and, with
+    judgments, the means of the ranking metrics (`ndcg@10`…) and each need's."""
+
+    retriever: str
+    model: str | None  # the dense encoder (None for bm25)
+    reranker: str | None
+    order: str
+    candidates: int
+    top_k: int
+    queries: int
+    empty_queries: tuple[int, ...]  # line (or row) numbers of empty needs, not ranked
+    products: int  # catalogue rows ranked
+    quarantined: int  # catalogue rows that could not be (quarantine/)
+    ranked_rows: int
+    reviews: int | None = None  # --reviews: the reviews naming a product, aggregated per product
+    metrics: dict = field(default_factory=dict)  # with --judgments: means, queries_judged, queries_without_relevant
+    per_query: tuple[dict, ...] = ()
+    wall_time_s: float | None = None  # not in summary.json
+
+    def to_json(self) -> dict:
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "wall_time_s"}
+        return d | ({"wall_time_s": self.wall_time_s} if self.wall_time_s is not None else {})
+
+    @classmethod
+    def from_json(cls, d: dict) -> RecommendResult:
+        return cls(**{**d, "empty_queries": tuple(d["empty_queries"]), "per_query": tuple(d.get("per_query", ()))})

@@ -35,14 +35,16 @@ class Columns:
     product: str = option("product", help="input column holding the product")
     text_pair: str | None = option(None, help="classify: the second text of a pair (a product description)")
     label: str | None = option(None, help="classify: the class of each row, a string or an integer")
+    extra: tuple[tuple[str, str], ...] = ()  # (name, input column): more columns, read as strings into `x_<name>`
 
     @property
     def schema(self) -> pa.Schema:
-        """The canonical schema, with `text_pair` and `label` (strings) when those columns are read."""
+        """The canonical schema, with `text_pair` and `label` (strings) when those columns are read,
+        and a string column `x_<name>` per `extra` column."""
         schema = CANONICAL
-        for name in ("label", "text_pair"):
-            if getattr(self, name):
-                schema = schema.insert(schema.get_field_index("_row"), pa.field(name, pa.string()))
+        names = [name for name in ("label", "text_pair") if getattr(self, name)] + [f"x_{n}" for n, _ in self.extra]
+        for name in names:
+            schema = schema.insert(schema.get_field_index("_row"), pa.field(name, pa.string()))
         return schema
 
     def required(self, need_rating: bool = False) -> list[tuple[str, str]]:

@@ -106,9 +106,11 @@ def check_columns(inputs: Inputs, required: list[tuple[str, str]]) -> None:
 
 
 def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None = None,
-                 need_rating: bool = False, *, delimiter: str | None = None, encoding: str = "utf-8") -> Inputs:
-    """Expand and check the inputs without Ray (UsageError when they cannot be read); say which
-    `.json` files are read as JSON Lines."""
+                 need_rating: bool = False, *, delimiter: str | None = None, encoding: str = "utf-8",
+                 required: list[tuple[str, str]] | None = None) -> Inputs:
+    """Expand and check the inputs without Ray (UsageError when they cannot be read or lack a
+    column: `required` (flag name, column) pairs, else the text's); say which `.json` files
+    are read as JSON Lines."""
     inputs = expand_inputs(uris, fmt, delimiter, encoding)
     sniffed = [f.uri for f in inputs.files if f.sniffed]
     if sniffed:
@@ -118,7 +120,7 @@ def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None 
     if not ascii_compatible(encoding) and any(f.format != "parquet" for f in inputs.files):
         print(f"reading each input whole, by one task: {encoding} text is not cut into byte ranges", file=sys.stderr)
     try:
-        check_columns(inputs, columns.required(need_rating))
+        check_columns(inputs, required or columns.required(need_rating))
     except OSError as exc:
         raise UsageError(f"cannot read {inputs.files[0].uri}: {storage_error(exc)}") from None
     return inputs

@@ -86,6 +86,11 @@ class Batcher:
                 values["text_pair"] = pair
             if c.label:
                 values["label"] = parse_label(record.get(c.label))
+            for name, column in c.extra:
+                v = record.get(column)
+                if isinstance(v, (dict, list)):
+                    raise ParseError(f"{column} must be a string or a number, not {type(v).__name__}")
+                values[f"x_{name}"] = None if v is None else str(v)
             rid = record.get(c.id)
         except ParseError as exc:
             self.quarantine(row_number, raw if raw is not None else json.dumps(record, default=str), str(exc))
@@ -322,7 +327,10 @@ def clean_rows(run: list[tuple[int, bytes]], batcher: Batcher) -> pa.Table | Non
         rating = values.cast(pa.int64())
     fields = {name: column(getattr(c, name)) for name in ("id", "title", "brand", "product")}
     label = column(c.label) if c.label else None
-    if any(v is None for v in fields.values()) or (c.label and label is None):
+    extra = {f"x_{name}": column(source_column, _AS_STRING + (pa.types.is_floating,))
+             for name, source_column in c.extra}
+    if any(v is None for v in fields.values()) or (c.label and label is None) \
+            or any(v is None for v in extra.values()):
         return None
     rows = pa.array([number for number, _ in run], pa.int64())
     source = pa.array([batcher.source] * n, pa.string())
@@ -335,6 +343,7 @@ def clean_rows(run: list[tuple[int, bytes]], batcher: Batcher) -> pa.Table | Non
     if c.label:
         trimmed = pc.utf8_trim_whitespace(label)
         values["label"] = pc.if_else(pc.equal(trimmed, ""), pa.nulls(n, pa.string()), trimmed)
+    values.update(extra)
     return pa.table([values.get(f.name, pa.nulls(n, f.type)) for f in batcher.schema], schema=batcher.schema)
 
 

@@ -1,0 +1,1 @@
+"""`reviewlm recommend`: needs in plain words to ranked products."""
