@@ -267,3 +267,23 @@ def test_bad_recommend_input_is_one_line(tmp_path):
     res = run_cli("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o", "--top-k", 200)
     assert_one_line(res, "--top-k must be at most --candidates")
     assert not (tmp_path / "o").exists()
+
+
+def test_needs_from_a_text_file_or_a_table_and_judgments_checked(tmp_path):
+    from reviewlm.recommend.catalog import read_judgments, read_queries
+
+    text = tmp_path / "needs.txt"
+    text.write_text("\ufeffwarm  socks\n\n  a coat for rain \n")
+    assert read_queries(str(text), None) == (["warm socks", "a coat for rain"], [2])
+    table = tmp_path / "needs.csv"
+    table.write_text("id,need\n1,warm socks\n2,\n3,sandals for the pool\n")
+    assert read_queries(str(table), "need") == (["warm socks", "sandals for the pool"], [2])
+    with pytest.raises(UsageError, match="no query column 'query'"):
+        read_queries(str(table), "query")
+    judged = tmp_path / "judged.jsonl"
+    judged.write_text('{"query": "warm  socks", "product_id": 7, "gain": 1}\n'
+                      '{"query": "warm socks", "product_id": "7", "gain": 0.1}\n')
+    assert read_judgments(str(judged)).to_dict("records") == [{"query": "warm socks", "product_id": "7", "gain": 0.1}]
+    judged.write_text('{"query": "warm socks", "product_id": "7", "gain": -1}\n')
+    with pytest.raises(UsageError, match="every gain must be a number of at least 0"):
+        read_judgments(str(judged))
