@@ -21,6 +21,8 @@ from reviewlm.options import option
 PRODUCTS = pa.schema([("product_id", pa.string()), ("title", pa.string()), ("description", pa.string()),
                       ("document", pa.string()), ("price", pa.float64()), ("rating", pa.float64()),
                       ("review_count", pa.int64())])
+PARSED = pa.schema([*PRODUCTS, ("source", pa.string()), ("row", pa.int64()), ("raw", pa.string()),
+                    ("error", pa.string())])  # parse_products: a product, or a quarantined row with its reason
 SIGNALS = ("reviews", "review_rating", "review_sentiment")  # per product, from --reviews
 
 
@@ -77,7 +79,7 @@ def parse_products(batch: pa.Table) -> pa.Table:
     """Products with typed price (≥ 0), rating (0–5) and review count (whole, ≥ 0); a row the
     reader could not parse, without a title, or with a value out of range gets its reason in
     `error` (with its source, row and raw record, as every quarantine/ has them)."""
-    rows = {name: [] for name in PRODUCTS.names + ["source", "row", "raw", "error"]}
+    rows = {name: [] for name in PARSED.names}
     for r in batch.to_pylist():
         error, values = r["_error"], {}
         if error is None:
@@ -95,9 +97,7 @@ def parse_products(batch: pa.Table) -> pa.Table:
                    "row": r["_row"], "raw": r["_raw"] or (None if error is None else str(r)), "error": error}
         for name in rows:
             rows[name].append(values.get(name))
-    schema = PRODUCTS.append(pa.field("source", pa.string())).append(pa.field("row", pa.int64())) \
-        .append(pa.field("raw", pa.string())).append(pa.field("error", pa.string()))
-    return pa.table(rows, schema=schema)
+    return pa.table(rows, schema=PARSED)
 
 
 def quarantined(products: ray.data.Dataset) -> ray.data.Dataset:
@@ -110,13 +110,10 @@ def usable(products: ray.data.Dataset) -> ray.data.Dataset:
     return products.filter(expr=col("error").is_null()).select_columns(PRODUCTS.names)
 
 
-def _table(uri: str, what: str, fs=None) -> pd.DataFrame:
+def _table(uri: str, what: str) -> pd.DataFrame:
     """A small table (CSV, TSV, JSON Lines or Parquet) read whole, as pandas reads it."""
-    from reviewlm.io.storage import InputFile
-
-    files: list[InputFile] = expand_inputs([uri]).files
     frames = []
-    for f in files:
+    for f in expand_inputs([uri]).files:
         fs, path = filesystem(f.uri)
         with fs.open(path, "rb", compression="infer") as fh:
             try:

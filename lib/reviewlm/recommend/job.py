@@ -15,7 +15,7 @@ from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
 from reviewlm.io.readers import check_quarantine
-from reviewlm.io.storage import OutputDir, arrow_filesystem, fingerprints
+from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints
 from reviewlm.models import portable_ref
 from reviewlm.options import RecommendArgs, RunOptions
 from reviewlm.recommend import catalog as C
@@ -156,8 +156,6 @@ def _embeddings(products, out: OutputDir, args: RecommendArgs, encoder: str, poo
     to embeddings/ (id and vector), or, with `--embeddings`, a previous run's, which must cover
     every product of this catalogue."""
     if args.embeddings:
-        from reviewlm.io.storage import filesystem
-
         given_fs, path = filesystem(args.embeddings)
         vectors = ray.data.read_parquet(path, filesystem=arrow_filesystem(given_fs),
                                         columns=["product_id", "embedding"])
