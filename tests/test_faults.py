@@ -132,7 +132,10 @@ def test_a_killed_or_failed_overwrite_leaves_the_old_output_as_it_was(corpus, cl
     assert failed.returncode == 2 and "could be read" in failed.stderr, failed.stderr[-2000:]
     assert files_of(out) == before
 
-    done = subprocess.run(argv + [corpus, "--overwrite"], capture_output=True, text=True)
+    again = subprocess.run(argv + [corpus, "--resume"], capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --overwrite with --resume" in again.stderr, again.stderr[-2000:]
+    # the killed overwrite continues from its ledger, and still swaps at its commit
+    done = subprocess.run(argv + [corpus, "--overwrite", "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     same_result(json.loads((out / "stats.json").read_text()), out, clean)
     top = lambda o: {name.split("/")[0] for name in files_of(o)}  # noqa: E731

@@ -270,6 +270,35 @@ def test_reported_eval_loss_on_a_larger_eval_set(ray_cluster, corpus, tok, tmp_p
 
 
 @pytest.mark.slow
+def test_a_short_run_reads_only_the_first_rows_its_steps_need(ray_cluster, tok, tmp_path):
+    """`--max-steps` on a corpus far larger than its steps, default flags: the first rows in
+    input order (as many as a hand count of the first 2,048 rows' tokens says), not the corpus."""
+    write_synth(str(tmp_path / "synth"), 12_000, seed=5)
+    rows = [json.loads(line) for line in next((tmp_path / "synth").glob("*.jsonl")).open()]
+    rows.insert(10, {**rows[10], "id": "early", "text": None})  # read: quarantined
+    rows.append({**rows[0], "id": "late", "text": None})  # never read
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "short"
+    metrics = train_model([str(corpus)], str(out), TrainArgs(**{**ARGS, "max_steps": 2}))
+
+    probe = [r["text"] for r in rows[:2048] if r["text"]]
+    need = 1.25 * 2 * 16 * 2 * 32 / 0.9  # steps x batch x workers x chunk, before the eval split, with a margin
+    n = int(np.ceil(need * 2048 / sum(len(x) for x in tok(probe)["input_ids"])))
+    assert 100 < n < 1000 and metrics.rows["read"] == n and metrics.rows["quarantined"] == 1
+    assert f"first {n:,} rows" in metrics.warnings[0] and not metrics.streaming
+    assert metrics.epochs[-1].step == 2 and (out / "_SUCCESS").exists()
+    quarantine = pd.read_parquet(out / "quarantine")
+    assert quarantine["id"].tolist() == ["early"] and quarantine["error"].tolist() == ["no text"]
+    held_out = [r["text"] for r in rows[:n] if r["text"] and split_bucket([r["id"]], 42)[0] < 0.1]
+    stream = np.concatenate([np.asarray(ids, np.int32) for ids in tok(held_out)["input_ids"]]).tobytes()
+    blocks = pd.read_parquet(out / "eval")
+    assert all(np.where(np.asarray(y) != -100, y, x).astype(np.int32).tobytes() in stream
+               for x, y in zip(blocks["input_ids"], blocks["labels"]))  # eval blocks of the first rows only
+    assert len(blocks) == metrics.rows["eval_blocks"] > 0
+
+
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
     """Fixed shards per rank, own mask generators: a second run repeats the first exactly."""
     first, again = mlm_run[1], train_model([corpus], str(tmp_path / "again"), TrainArgs(**ARGS))
@@ -334,6 +363,19 @@ def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
     assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, FAULT_EPOCHS + 1))
     assert metrics["epochs"][-1]["step"] == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
+
+    # an --overwrite killed once its own checkpoint is registered leaves the output as it was,
+    # and `--overwrite --resume` continues it from that checkpoint
+    before = {p: p.read_bytes() for p in [out / "metrics.json", out / "_SUCCESS", *(out / "model").iterdir()]}
+    kill_job_when(argv + ["--overwrite"], ready=lambda: any(registered(d) for d in out.glob("_temporary/*")))
+    assert {p: p.read_bytes() for p in before} == before
+    res = run_cli(*argv[1:], "--overwrite", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    replaced = json.loads((out / "metrics.json").read_text())
+    [restart] = replaced["restarts"]
+    assert restart["from_epoch"] >= 1 and replaced["epochs"][-1]["step"] == FAULT_EPOCHS * steps
+    assert json.loads((out / "_SUCCESS").read_text())["run_id"] != json.loads(before[out / "_SUCCESS"])["run_id"]
+    assert not (out / "_temporary").exists() and registered(out) >= 1
 
 
 @pytest.mark.slow

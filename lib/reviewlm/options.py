@@ -85,7 +85,8 @@ class RunOptions:
     num_cpus: int | None = option(None, help="CPUs of a local Ray (default: all cores)")
     overwrite: bool = option(False, help="replace an existing output (the old one stays whole until the new commits)")
     resume: bool = option(False, help="continue an interrupted run with the same arguments and inputs: "
-                                      "train from its last checkpoint, filter and score without redoing what it wrote")
+                                      "train from its last checkpoint, filter and score without redoing what it wrote; "
+                                      "with --overwrite, an interrupted --overwrite")
     verbose: bool = option(False, help="show Ray's own log lines on the console too")
     split_mb: float = option(SPLIT_MB, help="plain JSONL/CSV/TSV and Parquet files larger than this many MB are read "
                                       "by several tasks, cut at record boundaries (compressed files: one task)")
@@ -146,8 +147,8 @@ class TrainArgs:
                                                      f"{STREAM_EVAL_BLOCKS:,} blocks unless given)")
     streaming: Literal["auto", "on", "off"] = option(
         "auto", help="mlm: tokenize while the workers train, the corpus never held in the object store; off: "
-                     "materialize it (the same losses every run); auto: stream when the input is over "
-                     f"1/{MATERIALIZED} of the object store")
+                     "materialize it (the same losses every run); auto: stream when what the run reads (the "
+                     f"input; with --max-steps, its first rows) is over 1/{MATERIALIZED} of the object store")
     num_workers: int = option(2, help="Ray Train workers")
     use_gpu: bool = option(False, help="one GPU per worker")
     precision: Literal["fp32", "fp16", "bf16"] = option("fp32", help="AMP on GPU")

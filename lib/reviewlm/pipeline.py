@@ -112,7 +112,7 @@ class Stages:
             self.log(f"  reusing {uri}: finished with the same arguments and inputs")
             return False
         self.reusing = False
-        interrupted = not finished and fs.exists(path) and OutputDir(uri, "").interrupted() is not None
+        interrupted = fs.exists(path) and OutputDir(uri, "").interrupted() is not None  # or a killed overwrite
         if interrupted:
             self.log(f"  resuming the interrupted run in {uri}")
         self.options = replace(self.run, resume=interrupted, overwrite=True)

@@ -195,7 +195,9 @@ class OutputDir:
     A run records its arguments and inputs (`_plan.json`) beside its data, and a run that
     fails on anything but bad input keeps what it wrote: `--resume` checks that it is given
     the same arguments and inputs, then continues (a `ledger` job in the same run folder,
-    skipping what that run recorded as written; reviewlm.io.ledger).
+    skipping what that run recorded as written, reviewlm.io.ledger; a `carry` job there too,
+    from the entries it names). An interrupted `--overwrite` resumes with `--overwrite
+    --resume`, and still swaps at its commit.
     """
 
     uri: str
@@ -203,6 +205,7 @@ class OutputDir:
     overwrite: bool = False
     in_place: tuple[str, ...] = ()
     ledger: bool = False  # resumes by the interrupted run's ledger, in its run folder
+    carry: tuple[str, ...] = ()  # or in its run folder, keeping only these entries (train: checkpoints)
     replacing: bool = False  # set by `prepare`: an output is there, and overwrite was asked
     resumed: bool = False  # set by `prepare`: continuing an interrupted run
 
@@ -230,20 +233,26 @@ class OutputDir:
         try:
             exists = self.fs.exists(self.path) and bool(self.fs.ls(self.path))
             complete = exists and self.fs.exists(f"{self.path}/_SUCCESS")
-            if resume and complete:
-                raise UsageError(f"output {self.uri} is complete: nothing to resume")
+            previous = self.interrupted() if resume else None
+            if resume and complete and not (self.overwrite and previous):
+                hint = " (an interrupted {o} run is there too: pass {o} with {r} to continue it)" if previous else ""
+                raise UsageError(f"output {self.uri} is complete: nothing to resume{hint}", o="overwrite", r="resume")
             if exists and not (self.overwrite or resume):
                 hint = "" if complete else " (an interrupted run: pass {r} to continue it)"
                 raise UsageError(f"output {self.uri} already exists: pass {{o}} to replace it{hint}",
                                  o="overwrite", r="resume")
             if resume:
-                previous = self.interrupted()
                 if previous is None:
                     raise UsageError(f"output {self.uri} holds no interrupted {self.job} run to resume")
                 _same_plan(json.loads(self.fs.cat(f"{self.path}/_temporary/{previous}/{PLAN}")), plan)
-                self.run_id = previous if self.ledger else self.run_id
+                if self.ledger or self.carry:
+                    self.run_id = previous
+                if self.carry:  # the rest of the interrupted run's folder is written again
+                    for entry in self.fs.ls(self.tmp, detail=False):
+                        if posixpath.basename(entry.rstrip("/")) not in self.carry:
+                            self.fs.rm(entry, recursive=True)
                 self.resumed = True
-            self.replacing = exists and not resume
+            self.replacing = complete if resume else exists  # a resumed --overwrite still replaces
             self.fs.makedirs(self.tmp, exist_ok=True)
             self.fs.pipe(f"{self.tmp}/{PLAN}", json.dumps(plan, default=str).encode())
         except OSError as exc:

@@ -32,6 +32,10 @@ from reviewlm.train.loop import STATE, LoopConfig, train_func
 
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
 COMPRESSION = 5  # --streaming auto: a compressed file's bytes, counted this many times
+PROBE_ROWS = 2048  # masked LM with --max-steps: the first rows, read to learn the tokens per row
+PREFIX_MARGIN = 1.25  # ... the rows read hold this many times the tokens the steps need
+PREFIX_SHARE = 4  # ... and only the first rows are read when the corpus holds this many times them
+BYTES_PER_TOKEN = 8  # --streaming auto: a prefix's bytes in the object store per token it must hold
 
 
 def _prepared(ds: ray.data.Dataset, args: TrainArgs, num_cpus: float | None = None) -> ray.data.Dataset:
@@ -39,16 +43,52 @@ def _prepared(ds: ray.data.Dataset, args: TrainArgs, num_cpus: float | None = No
     return ds.map_batches(data.training_rows, fn_kwargs={"task": args.task}, batch_format="pyarrow", num_cpus=num_cpus)
 
 
-def _rows(ds: ray.data.Dataset, args: TrainArgs) -> tuple[ray.data.Dataset, list[str] | None]:
-    """The rows training reads (materialized, in input order) and the classes."""
+def _rows(ds: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.Dataset, list[str] | None, list[str]]:
+    """The rows training reads (materialized, in input order), the classes and a note when
+    `--max-steps` reads only the corpus's first rows."""
     ds.context.execution_options.preserve_order = True  # the same blocks in the same order every run
-    rows = _prepared(ds, args).materialize()
+    rows, notes = _head(_prepared(ds, args), args, tokenizer)
     if args.task == "mlm":
-        return rows, None
+        return rows, None, notes
     labels = list(STARS) if args.task == "stars" else data.label_set(rows, args.labels)
     if args.labels:
         rows = rows.map_batches(data.check_labels, fn_kwargs={"labels": labels}, batch_format="pyarrow").materialize()
-    return rows, labels
+    return rows, labels, notes
+
+
+def _needed_tokens(args: TrainArgs) -> float | None:
+    """Masked LM with `--max-steps`: the tokens its steps and `--max-eval-samples` need, before
+    the split, with a margin; None when the schedule is set by epochs."""
+    if args.task != "mlm" or not args.max_steps:
+        return None
+    train = args.max_steps * args.batch_size * args.num_workers * args.chunk_size / (1 - args.eval_fraction)
+    evaluation = (args.max_eval_samples or 0) * args.chunk_size / args.eval_fraction
+    return PREFIX_MARGIN * max(train, evaluation)
+
+
+def _head(rows: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.Dataset, list[str]]:
+    """Every row (materialized); with `--max-steps`, only the first rows in input order that
+    hold the tokens the steps need, when the corpus holds `PREFIX_SHARE` times that many:
+    a short run does not read, split and tokenize the whole corpus before its first step.
+
+    The first `PROBE_ROWS` rows give the tokens per row (rows without text count as rows).
+    """
+    need = _needed_tokens(args)
+    if need is None:
+        return rows.materialize(), []
+    probe = rows.limit(PROBE_ROWS).to_pandas()
+    texts = probe.loc[probe["_error"].isna(), "text"].tolist()
+    tokens = sum(len(x) for x in tokenizer(texts, truncation=False, verbose=False)["input_ids"]) if texts else 0
+    if len(probe) < PROBE_ROWS or not tokens:
+        return rows.materialize(), []
+    n = math.ceil(need * len(probe) / tokens)
+    head = rows.limit(PREFIX_SHARE * n).materialize()
+    if head.count() < PREFIX_SHARE * n:
+        return head, []
+    note = (f"--max-steps {args.max_steps} trains on the corpus's first {n:,} rows in input order "
+            f"(about {need:,.0f} tokens before the eval split); without --max-steps every row is read")
+    print(f"reviewlm: {note}", file=sys.stderr)
+    return head.limit(n).materialize(), [note]
 
 
 def _classes(rows: ray.data.Dataset, labels: list[str], args: TrainArgs, columns: Columns) -> dict[str, int]:
@@ -111,14 +151,17 @@ def _datasets(rows: ray.data.Dataset, args: TrainArgs, tokenizer, labels: list[s
 
 
 def _streams(args: TrainArgs, inputs) -> bool:
-    """Whether masked-LM data streams: `--streaming on`, or (auto) when holding the corpus
-    would fill the object store (rows with their raw text, splits and tokens: about
-    `MATERIALIZED` times the input's bytes, compressed files counted `COMPRESSION` times)."""
+    """Whether masked-LM data streams: `--streaming on`, or (auto) when holding what the run
+    reads would fill the object store: the corpus (rows with their raw text, splits and tokens:
+    about `MATERIALIZED` times the input's bytes, compressed files counted `COMPRESSION`
+    times) or, with `--max-steps`, the first rows it needs (see `_head`)."""
     if args.task != "mlm" or args.streaming == "off":
         return False
     size = sum(f.size * (COMPRESSION if compressed(f.path) else 1) for f in inputs.files)
     store = ray.cluster_resources().get("object_store_memory", 0)
-    if args.streaming == "auto" and size * MATERIALIZED < store:
+    need = _needed_tokens(args)
+    held = min(size, PREFIX_SHARE * need * BYTES_PER_TOKEN) if need else size
+    if args.streaming == "auto" and held * MATERIALIZED < store:
         return False
     print(f"reviewlm: streaming the training data ({size / 2**20:,.0f} MB of input, {store / 2**20:,.0f} MB "
           "of object store)", file=sys.stderr)
@@ -174,8 +217,8 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
     data_in = check_inputs(inputs, columns, fmt, need_rating=args.task == "stars", delimiter=run.delimiter,
                            encoding=run.encoding)
     model_path = resolve_model(args.model)
-    out = OutputDir(output, "train", run.overwrite).prepare(run.resume, run.arguments or asdict(args),
-                                                            fingerprints(data_in))
+    out = OutputDir(output, "train", run.overwrite, carry=("checkpoints",))
+    out.prepare(run.resume, run.arguments or asdict(args), fingerprints(data_in))
     started = time.time()
     with out:
         init_ray(run)
@@ -186,8 +229,9 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
             datasets, counts, warnings = _streamed(source, args, tokenizer, out)
             labels = classes = None
         else:
-            rows, labels = _rows(read_reviews(data_in, columns, run.split_bytes), args)
+            rows, labels, notes = _rows(read_reviews(data_in, columns, run.split_bytes), args, tokenizer)
             warnings, counts = _quarantine(rows, out)
+            warnings = notes + warnings
             classes = _classes(rows, labels, args, columns) if labels else None
             datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
             counts.update(counts_split)
