@@ -1,6 +1,7 @@
 """A job killed at 60% and resumed, against the same job uninterrupted, in one run.
 
-    .venv/bin/python bench/resume.py [--rows 200000] [--prompts 6000] [--at 0.6]
+    .venv/bin/python bench/resume.py [--rows 200000] [--prompts 6000] [--at 0.6] [--jobs filter,dedup,score]
+        [--split-mb 64]
 
 filter: `--rows` synthesized reviews of 20-150 words in 8 files, the default recipe (and
 one with `dedup`, whose shuffle a resumed run redoes). score: `--prompts` prompts, the
@@ -82,7 +83,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--prompts", type=int, default=6000)
     ap.add_argument("--at", type=float, default=0.6)
+    ap.add_argument("--split-mb", type=float, default=64, help="filter: read files in pieces of this many MB")
+    ap.add_argument("--jobs", default="filter,dedup,score", help="which of filter, dedup and score to run")
     args = ap.parse_args()
+    jobs = args.jobs.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="reviewlm-resume-"))
     write_synth(str(tmp / "corpus"), args.rows, seed=1, shards=8, min_words=20, max_words=150)
     (tmp / "dedup.yaml").write_text(DEDUP)
@@ -94,10 +98,15 @@ def main() -> None:
         s = json.loads((out / "stats.json").read_text())
         return s["rows_read"], s["kept"], s["rejected"], s["quarantined"]
 
-    filter_argv = [BIN / "reviewlm", "filter", tmp / "corpus", "--output", tmp / "out", "--num-cpus", 2]
-    compare("filter, default recipe", filter_argv, tmp / "out", args.rows, args.at, stats)
-    compare("filter, with dedup", [*filter_argv, "--recipe", tmp / "dedup.yaml"], tmp / "out", args.rows, args.at,
-            stats)
+    filter_argv = [BIN / "reviewlm", "filter", tmp / "corpus", "--output", tmp / "out", "--num-cpus", 2,
+                   "--split-mb", args.split_mb]
+    if "filter" in jobs:
+        compare("filter, default recipe", filter_argv, tmp / "out", args.rows, args.at, stats)
+    if "dedup" in jobs:
+        compare("filter, with dedup", [*filter_argv, "--recipe", tmp / "dedup.yaml"], tmp / "out", args.rows,
+                args.at, stats)
+    if "score" not in jobs:
+        return
 
     prompts = tmp / "prompts.txt"
     prompts.write_text("".join(f"review {i}: these shoes are [MASK] and the fit is [MASK].\n"

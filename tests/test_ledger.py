@@ -4,7 +4,17 @@ import json
 
 import numpy as np
 import pyarrow as pa
-from reviewlm.io.ledger import Done, Keys, _merged, read_record, recover, write_marker, write_record
+from reviewlm.io.ledger import (
+    Done,
+    Keys,
+    _merged,
+    read_record,
+    record_piece,
+    recover,
+    unread,
+    write_marker,
+    write_record,
+)
 
 
 def test_keys_become_merged_ranges_per_group():
@@ -62,3 +72,24 @@ def test_a_record_is_read_back_whole(tmp_path):
     assert read_record(str(tmp_path), "quarantine") == {"invalid JSON": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["quarantine.json"]
     assert json.loads((tmp_path / "quarantine.json").read_text()) == {"invalid JSON": 2}
+
+
+def test_a_piece_is_left_unread_only_when_every_row_its_read_yielded_is_written(tmp_path):
+    """A read task records how many rows it yielded; the markers must name that many record
+    numbers in its span (blank lines leave gaps: numbers, not spans, are compared)."""
+    from reviewlm.io.pieces import Piece
+    from reviewlm.io.storage import InputFile
+
+    file = InputFile(uri="a.jsonl", path="a.jsonl", size=100, format="jsonl")
+    whole, half, broken, empty = (Piece(file, start, None, row) for start, row in ((0, 1), (50, 40), (70, 60),
+                                                                                  (90, 80)))
+    folder = str(tmp_path / "pieces")
+    record_piece(folder, whole, rows=30, low=1, high=39)  # 30 rows over lines 1-38: 8 blank lines
+    record_piece(folder, half, rows=10, low=40, high=50)
+    record_piece(folder, broken, rows=3, low=0, high=62)  # an undecodable stream quarantined as row 0
+    record_piece(folder, empty, rows=0, low=None, high=None)
+    assert len(list((tmp_path / "pieces").glob("*.json"))) == 3  # none for `broken`
+    written = np.array([[1, 5], [7, 20], [25, 38], [40, 45], [60, 62], [0, 1]])  # line 45-49 not written
+    done = Done(ranges={"a.jsonl": _merged(written)})
+    assert unread([whole, half, broken, empty], done, folder) == [half, broken]
+    assert unread([whole], done, folder) == [whole]  # all read and written: one is read again, its rows skipped

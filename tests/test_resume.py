@@ -4,6 +4,7 @@ where it stopped and ends with exactly the output of an uninterrupted run."""
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,14 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
         stats["kept"]
 
 
-def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s3, ray_cluster, recipe_file,
-                                                                                tmp_path):
+def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s3, ray_cluster, tmp_path):
+    """Without dedup each read task goes straight to its write: the resumed run does not read
+    again the pieces the killed one read and wrote whole."""
+    streamed = RECIPE.replace("  - dedup\n", "")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(streamed)
     write_synth("s3://reviews/resume/in", 16_000, seed=9, shards=2, min_words=20, max_words=40)
-    stats = filter_reviews(["s3://reviews/resume/in"], "s3://reviews/resume/clean", recipe=parse_recipe(RECIPE),
+    stats = filter_reviews(["s3://reviews/resume/in"], "s3://reviews/resume/clean", recipe=parse_recipe(streamed),
                            run=RunOptions(split_mb=0.5)).to_json()
 
     def s3_markers():
@@ -116,6 +121,8 @@ def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s
     assert not s3.exists("reviews/resume/out/_SUCCESS")
     res = run_cli(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
+    skipped, planned = map(int, re.search(r"resuming: (\d+) of (\d+) pieces", res.stdout).groups())
+    assert 1 <= skipped < planned, res.stdout
     s3.invalidate_cache()
     resumed = json.loads(s3.cat("reviews/resume/out/stats.json"))
     assert {k: resumed[k] for k in COUNTS} == {k: stats[k] for k in COUNTS}

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reviewlm.errors import UsageError
-from reviewlm.filters.base import Expr, scatter
+from reviewlm.filters.base import Expr, Filter, scatter
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
-from reviewlm.io.ledger import Done, Keys, recover, skip_done
+from reviewlm.io.ledger import PIECES, Done, Keys, ledger_path, recover, skip_done, unread
 from reviewlm.io.pieces import plan_pieces
 from reviewlm.io.readers import ReviewDatasource, check_inputs, check_quarantine, read_source
 from reviewlm.io.sink import RoutedParquetSink
@@ -113,11 +113,18 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         done = recover(out.tmp_uri(), list(routes)) if out.resumed else Done()
         if out.resumed:
             print(f"  resuming: {done.total:,} rows written by {done.tasks} finished tasks are kept")
-        meter = Meter("filtering", key="bytes", unit="MB", scale=1e6, total=sum(f.size for f in source.files),
+        # with no filter that sees every row first, a resumed run does not read the pieces
+        # the killed one read and wrote whole (each read task records what it yielded)
+        streamed = all(type(leaf).prepare is Filter.prepare for leaf in recipe.leaves())
+        record = f"{out.tmp_uri()}/{ledger_path(PIECES)}" if streamed else None
+        pieces = plan_pieces(source, run.split_bytes)
+        if out.resumed and streamed:
+            planned, pieces = len(pieces), unread(pieces, done, record)
+            print(f"  resuming: {planned - len(pieces)} of {planned} pieces read and written whole are not read again")
+        meter = Meter("filtering", key="bytes", unit="MB", scale=1e6, total=sum(p.size for p in pieces),
                       extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows written")
         with progress(meter, bar=False) as tally:
-            pieces = plan_pieces(source, run.split_bytes)
-            ds = read_source(ReviewDatasource(source, pieces, columns, tally))
+            ds = read_source(ReviewDatasource(source, pieces, columns, tally, record))
             for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
                 ds = leaf.prepare(ds, source, len(pieces))
             ds = skip_done(ds, done, Keys("_row", "source"))  # after dedup, which sees every row

@@ -13,6 +13,7 @@ shared file system for local paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from collections import Counter
@@ -22,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from reviewlm.io.storage import LEDGER, filesystem
+
+PIECES = "_pieces"  # under the ledger: the rows each read task of a filter run yielded
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ class Done:
     @property
     def total(self) -> int:
         return int(sum(r[:, 1].sum() - r[:, 0].sum() for r in self.ranges.values()))
+
+    def covers(self, record: dict) -> bool:
+        """Whether every row a read task recorded (`record_piece`) is written: the markers name
+        as many record numbers in its span as it yielded rows."""
+        (low, high), ranges = record["rows"], self.ranges.get(record["source"], np.zeros((0, 2), np.int64))
+        return int(np.clip(np.minimum(ranges[:, 1], high) - np.maximum(ranges[:, 0], low), 0, None).sum()) \
+            == record["count"]
 
     def pending(self, batch: pa.Table, keys: Keys) -> pa.Table:
         """The rows of `batch` no earlier run wrote."""
@@ -127,6 +137,29 @@ def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
     if stray:
         fs.rm(stray)
     return done
+
+
+def record_piece(folder_uri: str, piece, rows: int, low: int | None, high: int | None) -> None:
+    """Record that a read task yielded `rows` rows of `piece`, numbered in [low, high).
+    Nothing when one is numbered before the piece's first record (a stream that could not be
+    decoded is quarantined as row 0): those could belong to another piece."""
+    if rows and low < piece.row:
+        return
+    span = [piece.row, piece.row] if low is None else [low, high]
+    write_record(folder_uri, _piece_tag(piece), {"source": piece.file.uri, "rows": span, "count": rows})
+
+
+def unread(pieces: list, done: Done, folder_uri: str) -> list:
+    """The pieces an interrupted run did not read and write whole (one at least: a job reads
+    something). Only for jobs whose rows go from read to write without a pass over all rows."""
+    fs, path = filesystem(folder_uri)
+    finished = {posixpath.basename(m)[:-5] for m in fs.glob(f"{path}/*.json")
+                if not posixpath.basename(m).startswith(".") and done.covers(json.loads(fs.cat(m)))}
+    return [p for p in pieces if _piece_tag(p) not in finished] or pieces[-1:]
+
+
+def _piece_tag(piece) -> str:
+    return hashlib.blake2b(f"{piece.file.uri}@{piece.start}".encode(), digest_size=10).hexdigest()
 
 
 def ledger_path(unit: str = "") -> str:
