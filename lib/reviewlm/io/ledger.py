@@ -159,7 +159,7 @@ def unread(pieces: list, done: Done, folder_uri: str) -> list:
 
 
 def _piece_tag(piece) -> str:
-    return hashlib.blake2b(f"{piece.file.uri}@{piece.start}".encode(), digest_size=10).hexdigest()
+    return hashlib.blake2b(piece.key.encode(), digest_size=10).hexdigest()
 
 
 def ledger_path(unit: str = "") -> str:

@@ -31,6 +31,11 @@ class Piece:
     row: int = 1
     size: int = 0
 
+    @property
+    def key(self) -> str:
+        """Names the piece for good: its file and first byte (or row group)."""
+        return f"{self.file.uri}@{self.start}"
+
 
 def _line_cuts(f, size: int, total: int) -> list[tuple[int, int]]:
     """(offset, line number) of the first line starting at or after each multiple of `size`."""

@@ -54,7 +54,7 @@ def read_piece(fs, piece: Piece, columns: Columns, tally=None, record: str | Non
         yield table
     if record is not None:
         record_piece(record, piece, rows, low, high)
-    count(tally, {"bytes": piece.size}, once=f"{piece.file.uri}@{piece.start}")
+    count(tally, {"bytes": piece.size}, once=piece.key)
 
 
 def _piece_rows(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:

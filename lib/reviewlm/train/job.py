@@ -85,10 +85,9 @@ def _head(rows: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.
     head = rows.limit(PREFIX_SHARE * n).materialize()
     if head.count() < PREFIX_SHARE * n:
         return head, []
-    note = (f"--max-steps {args.max_steps} trains on the corpus's first {n:,} rows in input order "
-            f"(about {need:,.0f} tokens before the eval split); without --max-steps every row is read")
-    print(f"reviewlm: {note}", file=sys.stderr)
-    return head.limit(n).materialize(), [note]
+    return head.limit(n).materialize(), _warn(
+        f"--max-steps {args.max_steps} trains on the corpus's first {n:,} rows in input order "
+        f"(about {need:,.0f} tokens before the eval split); without --max-steps every row is read")
 
 
 def _classes(rows: ray.data.Dataset, labels: list[str], args: TrainArgs, columns: Columns) -> dict[str, int]:
