@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
-from reviewlm.filters.near_dedup import NearDedup, components, gram_hashes, jaccard, lsh_params, words
+from reviewlm.filters.near_dedup import NearDedup, _distinct, components, gram_hashes, jaccard, lsh_params, words
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import synth_rows
@@ -41,6 +41,12 @@ def test_normalization_and_ngram_hashes():
         assert len(sets[i]) == len(strings[i]), texts[i]
         for j in range(len(texts)):
             assert len(sets[i] & sets[j]) == len(strings[i] & strings[j]), (texts[i], texts[j])
+
+
+def test_each_rows_hashes_are_kept_sorted_once():
+    values = np.array([7, 3, 7, 3, 2**32 - 1, 5, 5, 0], dtype=np.uint32)
+    kept, offsets = _distinct(values, np.array([0, 4, 4, 5, 8]))  # rows: 7 3 7 3 | (none) | max | 5 5 0
+    assert offsets.tolist() == [0, 2, 2, 3, 5] and kept.tolist() == [3, 7, 2**32 - 1, 0, 5]
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
