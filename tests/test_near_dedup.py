@@ -9,7 +9,19 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
-from reviewlm.filters.near_dedup import NearDedup, _distinct, components, gram_hashes, jaccard, lsh_params, words
+from reviewlm.filters.near_dedup import (
+    GRAMS,
+    KEY,
+    SKETCH,
+    Candidates,
+    NearDedup,
+    _distinct,
+    components,
+    gram_hashes,
+    jaccard,
+    lsh_params,
+    words,
+)
 from reviewlm.filters.recipe import parse_recipe
 from reviewlm.filters.stage import filter_reviews
 from reviewlm.synth import synth_rows
@@ -47,6 +59,19 @@ def test_each_rows_hashes_are_kept_sorted_once():
     values = np.array([7, 3, 7, 3, 2**32 - 1, 5, 5, 0], dtype=np.uint32)
     kept, offsets = _distinct(values, np.array([0, 4, 4, 5, 8]))  # rows: 7 3 7 3 | (none) | max | 5 5 0
     assert offsets.tolist() == [0, 2, 2, 3, 5] and kept.tolist() == [3, 7, 2**32 - 1, 0, 5]
+
+
+def test_the_sketch_screen_keeps_pairs_near_the_threshold_and_rules_out_distant_ones():
+    """Sketches agreeing in 64, 45 and 30 of 64 values estimate J 1.0, 0.70 and 0.47: at threshold
+    0.8 the screen keeps the first two (0.70 is within 5 standard errors, 0.25) and rules out the third."""
+    base = np.arange(64, dtype=np.uint8)
+    sketches = [np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 64, 45, 30)]
+    rows = Candidates([pa.table({KEY: pa.array([10, 20, 30, 40], pa.int64()), "id": ["a", "b", "c", "d"],
+                                 GRAMS: pa.array([[1, 2], [1, 2], [1, 3], [4]], pa.list_(pa.uint32())),
+                                 SKETCH: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(sketches)), 64)})])
+    pairs = np.array([[1, 0], [2, 0], [3, 0]])
+    assert rows.screen(pairs, 0.8).tolist() == [True, True, False]
+    assert rows.jaccard(pairs).tolist() == [1.0, 1 / 3, 0.0]
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
@@ -152,3 +177,6 @@ def test_reviews_without_any_near_copy_are_all_kept(ray_cluster, tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     stats = filter_reviews([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), recipe=parse_recipe("near_dedup"))
     assert (stats.rows_read, stats.kept, stats.rejected) == (5, 5, 0)
+    (tmp_path / "b.jsonl").write_text('{"text": "?!"}\n{"text": null}\n')  # no review with a word
+    stats = filter_reviews([str(tmp_path / "b.jsonl")], str(tmp_path / "out2"), recipe=parse_recipe("near_dedup"))
+    assert (stats.rows_read, stats.kept, stats.rejected) == (2, 2, 0)
