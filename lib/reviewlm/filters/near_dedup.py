@@ -9,16 +9,17 @@ Their similarity is the Jaccard index of those sets.
 
 1. **signatures** (Ray Data map tasks, materialized): each parsed review's key, id, the
    distinct 32-bit hashes of its n-grams, and its MinHash signature (`rensa`, seeded, so the
-   same on every worker) cut into LSH band hashes.
-2. **buckets** (Ray tasks): each block's (band hash, key) rows cut into parts by band hash, a
-   task per part finds the rows that share a band hash and pairs each row of a bucket of two
-   or more with the bucket's first row. Ray Data's hash repartition did the same in 4.7 s of
-   a 24 s job on 200,000 reviews (it starts a pool of aggregator actors); these tasks take 0.4 s.
+   same on every worker) kept as a sketch, 8 bits of each value.
+2. **buckets** (Ray tasks): each block's sketches cut into LSH bands and its (band hash, key)
+   rows into parts by band hash; a task per part finds the rows that share a band hash and
+   pairs each row of a bucket of two or more with the bucket's first row. Ray Data's hash
+   repartition did the same in 4.7 s of a 24 s job on 200,000 reviews (it starts a pool of
+   aggregator actors); these tasks take 0.4 s.
 3. **verification and clusters** (a task per signature block picks the candidate rows where
    the block lives; one task, as DataTrove's cluster stage, takes the pairs and those rows): a
-   pair whose exact Jaccard is below the threshold is dropped (LSH's false positives);
-   union-find joins the rest into connected components (A~B and B~C make one cluster even
-   when A and C are further apart).
+   pair whose sketches put it far below the threshold, then one whose exact Jaccard is below
+   it, is dropped (LSH's false positives); union-find joins the rest into connected
+   components (A~B and B~C make one cluster even when A and C are further apart).
 4. the filter stage's own pass looks each row up in the table of rows to drop (broadcast
    through the object store): every member of a cluster but its first (smallest source
    path, then record number: the order `dedup` uses) is dropped, with the first's id and
@@ -44,7 +45,6 @@ from reviewlm.filters.base import Filter
 SEED = 1  # MinHash permutations and band hashes: fixed, so they agree across workers and runs
 KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
 GRAMS, SKETCH = "_near_grams", "_near_sketch"
-SKETCH_PERMS = 64  # a signature's first values, each cut to its low 8 bits: the screen before exact Jaccard
 SCREEN_SIGMAS = 5  # how far below the threshold the screen's estimate may fall and the pair still be verified
 PARTITION_BYTES = 64 << 20  # of band rows per bucket task
 BUCKETED = pa.schema([(BAND, pa.uint64()), (KEY, pa.int64())])
@@ -127,10 +127,11 @@ def _usable(batch: pa.Table) -> np.ndarray:
 
 
 def signature_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, bands: int, rows: int) -> pa.Table:
-    """One row per parsed review with words: its key, id, LSH band hashes (the band index mixed
-    in), the distinct hashes of its n-grams, sorted and kept to 32 bits (two n-grams of a pair
-    of 100-word reviews collide with odds of about 1 in 400,000), and its sketch: the low
-    8 bits of its first `SKETCH_PERMS` MinHash values."""
+    """One row per parsed review with words: its key, id, the distinct hashes of its n-grams,
+    sorted and kept to 32 bits (two n-grams of a pair of 100-word reviews collide with odds of
+    about 1 in 400,000), and its sketch: the low 8 bits of the `bands` x `rows` MinHash values
+    its LSH bands are cut from (b-bit MinHash: two values of a pair at Jaccard J are equal
+    with probability J + (1 - J) / 256)."""
     import rensa
 
     usable = _usable(batch)
@@ -138,18 +139,12 @@ def signature_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, b
     digests = rensa.RMinHash.digest_matrix_from_flat_token_hashes(grams, offsets.astype(np.uint64), num_perm, SEED)
     signed = np.diff(offsets) > 0  # a text without words has no signature
     sig = np.array(digests.to_rows(), dtype=np.uint64).reshape(-1, num_perm)[signed]
-    sketch = (sig[:, :SKETCH_PERMS] & np.uint64(0xFF)).astype(np.uint8)
-    sig = sig[:, : bands * rows].reshape(len(sig), bands, rows)
-    # A multilinear hash of each band's values (wrapping uint64 arithmetic), the band index mixed in.
-    mix = np.random.default_rng(SEED).integers(1, 2**63, size=rows + bands, dtype=np.uint64) | np.uint64(1)
-    h = (sig * mix[:rows]).sum(axis=2) + mix[rows:]
-    h ^= h >> np.uint64(29)
+    sketch = (sig[:, : bands * rows] & np.uint64(0xFF)).astype(np.uint8)
     values, offsets = _distinct((grams >> np.uint64(32)).astype(np.uint32), offsets)
     return pa.table([pa.array(row_keys(batch, ranks)[usable][signed]), batch["id"].filter(pa.array(usable)).filter(
-        pa.array(signed)), pa.FixedSizeListArray.from_arrays(pa.array(h.ravel()), bands),
-        pa.ListArray.from_arrays(pa.array(offsets[np.r_[True, signed]].astype(np.int32)), pa.array(values)),
-        pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), sketch.shape[1])],
-        names=[KEY, "id", BAND, GRAMS, SKETCH])
+        pa.array(signed)), pa.ListArray.from_arrays(pa.array(offsets[np.r_[True, signed]].astype(np.int32)),
+                                                    pa.array(values)),
+        pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), bands * rows)], names=[KEY, "id", GRAMS, SKETCH])
 
 
 def _distinct(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,16 +158,21 @@ def _distinct(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 @ray.remote
-def split_bands(block: pa.Table, parts: int) -> list[pa.Table]:
-    """The (band hash, row key) rows of a block of signatures, cut into `parts` by band hash,
-    then the block without its band hashes (so that the block itself can be freed)."""
-    h = block[BAND].combine_chunks().values.to_numpy()
-    keys = np.repeat(block[KEY].to_numpy(), block[BAND].type.list_size)
+def split_bands(block: pa.Table, bands: int, parts: int) -> list[pa.Table]:
+    """The (band hash, row key) rows of a block of signatures, cut into `parts` by band hash:
+    a band's hash is a multilinear hash of its sketch values (wrapping uint64 arithmetic), the
+    band index mixed in."""
+    rows = block.schema.field(SKETCH).type.list_size // bands
+    sketch = block[SKETCH].combine_chunks().values.to_numpy().reshape(-1, bands, rows).astype(np.uint64)
+    mix = np.random.default_rng(SEED).integers(1, 2**63, size=rows + bands, dtype=np.uint64) | np.uint64(1)
+    h = ((sketch * mix[:rows]).sum(axis=2) + mix[rows:]).ravel()
+    h ^= h >> np.uint64(29)
+    keys = np.repeat(block[KEY].to_numpy(), bands)
     part = (h % np.uint64(parts)).astype(np.int64)
     order = np.argsort(part, kind="stable")
     cuts = np.searchsorted(part[order], np.arange(parts + 1))
     return [pa.table({BAND: pa.array(h[order[a:b]]), KEY: pa.array(keys[order[a:b]])})
-            for a, b in zip(cuts[:-1], cuts[1:])] + [block.drop_columns([BAND])]
+            for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 @ray.remote
@@ -348,13 +348,12 @@ class NearDedup(Filter):
         parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-band_bytes // PARTITION_BYTES))
         blocks = signed.to_arrow_refs()
         del signed
-        splits = [split_bands.options(num_returns=parts + 1).remote(block, parts) for block in blocks]
-        del blocks
+        splits = [split_bands.options(num_returns=parts).remote(block, self.bands, parts) for block in blocks]
         pair_refs = [bucket_pairs.remote(*[split[p] for split in splits]) for p in range(parts)]
-        candidates = candidate_keys.remote(*pair_refs)
-        drops, counts = clusters.remote(pair_refs, [pick.remote(split[-1], candidates) for split in splits],
-                                        self.threshold)
         del splits
+        candidates = candidate_keys.remote(*pair_refs)
+        drops, counts = clusters.remote(pair_refs, [pick.remote(block, candidates) for block in blocks], self.threshold)
+        del blocks
         c = ray.get(counts)
         print(f"{self.name}: {c['candidate_pairs']:,} candidate pairs, {c['screened_pairs']:,} after their sketches, "
               f"{c['verified_pairs']:,} at Jaccard >= "
