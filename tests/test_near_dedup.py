@@ -12,7 +12,6 @@ import scipy.sparse as sp
 from reviewlm.filters.near_dedup import (
     GRAMS,
     KEY,
-    SKETCH,
     Candidates,
     NearDedup,
     _distinct,
@@ -20,6 +19,7 @@ from reviewlm.filters.near_dedup import (
     gram_hashes,
     jaccard,
     lsh_params,
+    screen,
     words,
 )
 from reviewlm.filters.recipe import parse_recipe
@@ -65,13 +65,14 @@ def test_the_sketch_screen_keeps_pairs_near_the_threshold_and_rules_out_distant_
     """Sketches agreeing in 64, 45 and 30 of 64 values estimate J 1.0, 0.70 and 0.47: at threshold
     0.8 the screen keeps the first two (0.70 is within 5 standard errors, 0.25) and rules out the third."""
     base = np.arange(64, dtype=np.uint8)
-    sketches = [np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 64, 45, 30)]
-    rows = Candidates([pa.table({KEY: pa.array([10, 20, 30, 40], pa.int64()), "id": ["a", "b", "c", "d"],
-                                 GRAMS: pa.array([[1, 2], [1, 2], [1, 3], [4]], pa.list_(pa.uint32())),
-                                 SKETCH: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(sketches)), 64)})])
+    sketch = np.stack([np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 64, 45, 30)])
     pairs = np.array([[1, 0], [2, 0], [3, 0]])
-    assert rows.screen(pairs, 0.8).tolist() == [True, True, False]
-    assert rows.jaccard(pairs).tolist() == [1.0, 1 / 3, 0.0]
+    assert screen(sketch, pairs, 0.8).tolist() == [True, True, False]
+    assert screen(sketch, pairs, 0.8, chunk=2).tolist() == [True, True, False]
+    rows = Candidates([pa.table({KEY: pa.array([30, 10], pa.int64()), "id": ["c", "a"],
+                                 GRAMS: pa.array([[1, 3], [1, 2]], pa.list_(pa.uint32()))})])
+    assert rows.keys.tolist() == [10, 30] and rows.ids.to_pylist() == ["a", "c"]
+    assert rows.jaccard(np.array([[1, 0]])).tolist() == [1 / 3]
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
