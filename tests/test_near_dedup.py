@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
+from reviewlm.filters import near_dedup
 from reviewlm.filters.near_dedup import (
     GRAMS,
     KEY,
@@ -133,9 +134,10 @@ CHAIN = [" ".join(f"w{k}" for k in range(start, start + 50)) for start in (1, 4,
 
 
 @pytest.mark.slow
-def test_same_clusters_from_one_file_or_eight_one_cpu_or_two_s3_and_annotate(ray_cluster, s3, tmp_path):
+def test_same_clusters_from_one_file_or_eight_one_cpu_or_two_s3_and_annotate(ray_cluster, s3, tmp_path, monkeypatch):
     """A transitive chain (A~B, B~C, A and C below the threshold) is one cluster kept at A; the
-    kept rows are the same from one S3 file, eight local files, and the CLI on one CPU."""
+    kept rows are the same from one S3 file, eight local files bucketed a band at a time, and
+    the CLI on one CPU."""
     table = synth_rows(800, seed=11, min_words=20, max_words=60, near_copies=0.2)
     rows = table.to_pylist()
     for k, text in enumerate(CHAIN):
@@ -147,7 +149,9 @@ def test_same_clusters_from_one_file_or_eight_one_cpu_or_two_s3_and_annotate(ray
         (tmp_path / "eight" / f"part-{s}.jsonl").write_text("".join(lines[s * 100:(s + 1) * 100]))
     recipe = parse_recipe("all:\n  - non_null\n  - near_dedup: {threshold: 0.8}\n")
     filter_reviews(["s3://reviews/near/all.jsonl"], "s3://reviews/near-out", recipe=recipe)
-    filter_reviews([str(tmp_path / "eight")], str(tmp_path / "out8"), recipe=recipe)
+    with monkeypatch.context() as m:
+        m.setattr(near_dedup, "ROUND_BYTES_PER_CPU", 1)  # a round of buckets per band
+        filter_reviews([str(tmp_path / "eight")], str(tmp_path / "out8"), recipe=recipe)
     (tmp_path / "r.yaml").write_text("all:\n  - non_null\n  - near_dedup\n")
     res = run_cli("filter", tmp_path / "eight", "--output", tmp_path / "cli", "--recipe", tmp_path / "r.yaml",
                   "--num-cpus", 1, env={"AWS_ENDPOINT_URL": ""})

@@ -48,6 +48,8 @@ KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
 GRAMS, SKETCH = "_near_grams", "_near_sketch"
 SCREEN_SIGMAS = 5  # how far below the threshold the screen's estimate may fall and the pair still be verified
 PARTITION_BYTES = 64 << 20  # of band rows per bucket task
+ROUND_BYTES_PER_CPU = 32 << 20  # of band rows in the object store at once
+BAND_ROW_BYTES = 16  # a band hash and a row key
 BUCKETED = pa.schema([(BAND, pa.uint64()), (KEY, pa.int64())])
 DROPS = pa.schema([(KEY, pa.int64()), ("of", pa.string()), ("similarity", pa.float64())])
 
@@ -171,16 +173,16 @@ def _distinct(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 @ray.remote
-def split_bands(block: pa.Table, bands: int, parts: int) -> list[pa.Table]:
-    """The (band hash, row key) rows of a block of signatures, cut into `parts` by band hash:
-    a band's hash is a multilinear hash of its sketch values (wrapping uint64 arithmetic), the
-    band index mixed in."""
+def split_bands(block: pa.Table, bands: int, parts: int, first: int, last: int) -> list[pa.Table]:
+    """The (band hash, row key) rows of bands `first` to `last` (excluded) of a block of
+    signatures, cut into `parts` by band hash: a band's hash is a multilinear hash of its
+    sketch values (wrapping uint64 arithmetic), the band index mixed in."""
     rows = block.schema.field(SKETCH).type.list_size // bands
-    sketch = block[SKETCH].combine_chunks().values.to_numpy().reshape(-1, bands, rows).astype(np.uint64)
+    sketch = block[SKETCH].combine_chunks().values.to_numpy().reshape(-1, bands, rows)[:, first:last]
     mix = np.random.default_rng(SEED).integers(1, 2**63, size=rows + bands, dtype=np.uint64) | np.uint64(1)
-    h = ((sketch * mix[:rows]).sum(axis=2) + mix[rows:]).ravel()
+    h = ((sketch.astype(np.uint64) * mix[:rows]).sum(axis=2) + mix[rows + first:rows + last]).ravel()
     h ^= h >> np.uint64(29)
-    keys = np.repeat(block[KEY].to_numpy(), bands)
+    keys = np.repeat(block[KEY].to_numpy(), last - first)
     part = (h % np.uint64(parts)).astype(np.int64)
     order = np.argsort(part, kind="stable")
     cuts = np.searchsorted(part[order], np.arange(parts + 1))
@@ -364,14 +366,10 @@ class NearDedup(Filter):
         ranks = {s: i for i, s in enumerate(sorted(f.uri for f in inputs.files))}
         kwargs = dict(ranks=ranks, ngram=self.ngram, num_perm=self.num_perm, bands=self.bands, rows=self.rows)
         signed = ds.map_batches(signature_rows, batch_format="pyarrow", fn_kwargs=kwargs).materialize()
-        band_bytes = signed.count() * self.bands * 16
-        parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-band_bytes // PARTITION_BYTES))
         # an input without rows has no blocks: one empty block keeps every step's shape
         blocks = signed.to_arrow_refs() or [ray.put(signature_rows(CANONICAL.empty_table(), **kwargs))]
+        pair_refs = self._bucket(blocks, signed.count())
         del signed
-        splits = [split_bands.options(num_returns=parts).remote(block, self.bands, parts) for block in blocks]
-        pair_refs = [bucket_pairs.remote(*[split[p] for split in splits]) for p in range(parts)]
-        del splits
         candidates = candidate_keys.remote(*pair_refs)
         sketches = [pick.remote(block, candidates, [SKETCH]) for block in blocks]
         screened, needed, n = screen_pairs.remote(pair_refs, sketches, self.threshold)
@@ -386,6 +384,24 @@ class NearDedup(Filter):
         of, similarity = self._columns
         return ds.map_batches(attach, batch_format="pyarrow",
                               fn_kwargs={"ranks": ranks, "drops": drops, "of": of, "similarity": similarity})
+
+    def _bucket(self, blocks: list[ray.ObjectRef], n: int) -> list[ray.ObjectRef]:
+        """The bucket pairs of every band, a round of bands at a time: the object store holds
+        `ROUND_BYTES_PER_CPU` of band rows per CPU at most, each part of a round at most
+        `PARTITION_BYTES`."""
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        per_round = max(1, min(self.bands, cpus * ROUND_BYTES_PER_CPU // max(1, n * BAND_ROW_BYTES)))
+        parts = max(2 * cpus, -(-n * per_round * BAND_ROW_BYTES // PARTITION_BYTES))
+        pair_refs = []
+        for first in range(0, self.bands, per_round):
+            last = min(first + per_round, self.bands)
+            splits = [split_bands.options(num_returns=parts).remote(block, self.bands, parts, first, last)
+                      for block in blocks]
+            pairs = [bucket_pairs.remote(*[split[p] for split in splits]) for p in range(parts)]
+            del splits
+            ray.wait(pairs, num_returns=len(pairs), fetch_local=False)  # this round's band rows are freed
+            pair_refs += pairs
+        return pair_refs
 
     def apply(self, batch):
         of, similarity = self._columns
