@@ -13,9 +13,11 @@ from reviewlm.filters import near_dedup
 from reviewlm.filters.near_dedup import (
     GRAMS,
     KEY,
+    SKETCH,
     Candidates,
     NearDedup,
     _distinct,
+    _sketches_in_key_order,
     components,
     gram_hashes,
     jaccard,
@@ -74,6 +76,17 @@ def test_the_sketch_screen_keeps_pairs_near_the_threshold_and_rules_out_distant_
                                  GRAMS: pa.array([[1, 3], [1, 2]], pa.list_(pa.uint32()))})])
     assert rows.keys.tolist() == [10, 30] and rows.ids.to_pylist() == ["a", "c"]
     assert rows.jaccard(np.array([[1, 0]])).tolist() == [1 / 3]
+
+
+def test_sketches_come_in_key_order_from_chunked_and_sliced_blocks():
+    def block(keys):
+        return pa.table({KEY: pa.array(keys, pa.int64()),
+                         SKETCH: pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(keys, 2).astype(np.uint8)), 2)})
+    chunked = pa.Table.from_batches([*block([3]).to_batches(), *block([0, 9]).to_batches()])
+    keys, sketch = _sketches_in_key_order([block([5, 1]), chunked, block([7, 2]).slice(1)])
+    assert keys.tolist() == [0, 1, 2, 3, 5, 9] and sketch.tolist() == [[k, k] for k in keys.tolist()]
+    keys, sketch = _sketches_in_key_order([block([])])
+    assert len(keys) == 0 and sketch.shape == (0, 2)
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
