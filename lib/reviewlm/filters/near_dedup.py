@@ -50,8 +50,8 @@ GRAMS, SKETCH = "_near_grams", "_near_sketch"
 SCREEN_SIGMAS = 5  # how far below the threshold the screen's estimate may fall and the pair still be verified
 PARTITION_BYTES = 64 << 20  # of band rows per bucket task
 ROUND_BYTES_PER_CPU = 32 << 20  # of band rows in the object store at once
-BAND_ROW_BYTES = 16  # a band hash and a row key
 BUCKETED = pa.schema([(BAND, pa.uint64()), (KEY, pa.int64())])
+BAND_ROW_BYTES = sum(f.type.byte_width for f in BUCKETED)  # a band hash and a row key
 DROPS = pa.schema([(KEY, pa.int64()), ("of", pa.string()), ("similarity", pa.float64())])
 
 
@@ -139,7 +139,7 @@ def signature_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, b
     usable = _usable(batch)
     grams, offsets = gram_hashes(batch["text"].filter(pa.array(usable)), ngram)
     signed = np.diff(offsets) > 0  # a text without words has no signature
-    sketch = sketches(grams, offsets, num_perm, bands * rows)[signed]
+    sketch = minhash_sketches(grams, offsets, num_perm, bands * rows)[signed]
     values, offsets = _distinct((grams >> np.uint64(32)).astype(np.uint32), offsets)
     return pa.table([pa.array(row_keys(batch, ranks)[usable][signed]), batch["id"].filter(pa.array(usable)).filter(
         pa.array(signed)), pa.ListArray.from_arrays(pa.array(offsets[np.r_[True, signed]].astype(np.int32)),
@@ -147,7 +147,8 @@ def signature_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, b
         pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), bands * rows)], names=[KEY, "id", GRAMS, SKETCH])
 
 
-def sketches(grams: np.ndarray, offsets: np.ndarray, num_perm: int, width: int, chunk: int = 4096) -> np.ndarray:
+def minhash_sketches(grams: np.ndarray, offsets: np.ndarray, num_perm: int, width: int,
+                     chunk: int = 4096) -> np.ndarray:
     """The low 8 bits of the first `width` of each row's `num_perm` MinHash values (rensa), `chunk`
     rows at a time: rensa hands digests back as Python lists, about 40 B a value while they live
     (100,000 rows at once: 1.7 s and 590 MB; by 4,096: 0.9 s and 40 MB)."""
