@@ -9,9 +9,10 @@ import argparse
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 
 from reviewlm.errors import UsageError, usage_cause
-from reviewlm.io.layout import Columns
+from reviewlm.io.layout import CatalogColumns, Columns
 from reviewlm.io.storage import FORMATS
 from reviewlm.models import DEFAULT_MODEL
 from reviewlm.options import (
@@ -23,9 +24,8 @@ from reviewlm.options import (
     add_options,
     from_options,
 )
-from reviewlm.recommend.catalog import CatalogColumns
 from reviewlm.results import ClassMetrics, FilterStats, PipelineResult, RecommendResult, ScoreResult, TrainResult
-from reviewlm.runtime import VERBOSE
+from reviewlm.runtime import job_console
 
 
 class _Parser(argparse.ArgumentParser):
@@ -309,9 +309,8 @@ COMMANDS = {"filter": run_filter, "train": run_train, "score": run_score, "recom
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "verbose", False):
-            os.environ[VERBOSE] = "1"
-        COMMANDS[args.command](args)
+        with job_console(getattr(args, "verbose", False)), _own_ray():
+            COMMANDS[args.command](args)
         return 0
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -325,15 +324,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         traceback.print_exc()
         return 1
-    finally:
-        _disconnect()
 
 
-def _disconnect() -> None:
-    """Leave Ray (stops a local Ray this process started) so the process can exit."""
+@contextmanager
+def _own_ray():
+    """Leave a Ray this command started (so the process can exit); a Ray it found running (a
+    test's, a notebook's) stays up."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    found = ray is not None and ray.is_initialized()
+    try:
+        yield
+    finally:
+        ray = sys.modules.get("ray")
+        if not found and ray is not None and ray.is_initialized():
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -51,3 +51,22 @@ class Columns:
         """(flag name, input column) pairs every input file must have."""
         need = [("text", self.text)] + [(n, getattr(self, n)) for n in ("text_pair", "label") if getattr(self, n)]
         return need + ([("rating", self.rating)] if need_rating else [])
+
+
+@dataclass(frozen=True)
+class CatalogColumns:
+    """Which catalogue columns hold a product's fields (`--id-column` and friends)."""
+
+    id: str = option("product_id", help="catalogue column holding the product id (without one: file and record)")
+    title: str = option("title", help="catalogue column holding the product title (required in every file)")
+    text: str = option("description", help="catalogue column holding the description (optional)")
+    price: str = option("price", help="catalogue column holding the price, a number (optional)")
+    rating: str = option("rating", help="catalogue column holding the mean star rating, zero to five (optional)")
+    review_count: str = option("review_count", help="catalogue column holding the number of reviews (optional)")
+
+    @property
+    def reader(self) -> Columns:
+        """The readers' columns: the title is the text every row must have, the rest ride along as strings."""
+        return Columns(text=self.title, id=self.id, rating="", title="", brand="", product="",
+                       extra=(("description", self.text), ("price", self.price), ("rating", self.rating),
+                              ("review_count", self.review_count)))
