@@ -20,15 +20,14 @@ from reviewlm.filters.base import Expr, Filter, scatter
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
 from reviewlm.io.ledger import PIECES, Done, Keys, ledger_path, recover, skip_done, unread
 from reviewlm.io.pieces import plan_pieces
-from reviewlm.io.readers import ReviewDatasource, check_inputs, check_quarantine, read_source
+from reviewlm.io.quarantine import KIND, Quarantined, error_kind
+from reviewlm.io.readers import ReviewDatasource, check_inputs, read_source
 from reviewlm.io.sink import RoutedParquetSink
 from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
 from reviewlm.progress import Meter, progress
 from reviewlm.results import FilterStats, StepStats
 from reviewlm.runtime import init_ray
-
-ERROR_KIND = "_error_kind"  # a quarantine error with its numbers as N, counted per kind
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -66,8 +65,7 @@ def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
     if mode == "annotate":
         batch = batch.append_column("keep", pa.array(alive))
     batch = batch.rename_columns({k: v for k, v in QUARANTINE.items() if k != v})
-    kind = pc.replace_substring_regex(batch["error"], pattern=r"([\s(])\d+", replacement=r"\1N")  # counted by kind
-    return batch.append_column(ERROR_KIND, kind).append_column("_route", pa.array(route))
+    return batch.append_column(KIND, error_kind(batch["error"])).append_column("_route", pa.array(route))
 
 
 def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
@@ -132,14 +130,16 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             # would keep Ray Data from fusing the read into this step and the write.
             ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
                                 batch_format="pyarrow", batch_size=None)
-            sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", ERROR_KIND), tally=tally,
+            sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", KIND), tally=tally,
                                      prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source"), done=done)
             ds.write_datasink(sink)
+        if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
+            recover(out.tmp_uri(), list(routes))
         stats = _stats(recipe, mode, sink.result, time.time() - started, ray_start)
         if stats.rows_read == 0:
             raise UsageError(f"input has no rows: {', '.join(f.uri for f in source.files[:3])}")
-        check_quarantine(stats.rows_read, stats.quarantined, sink.result["counted"][ERROR_KIND],
-                         f"{source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''}")
+        Quarantined(stats.rows_read, sink.result["counted"][KIND]).check(
+            f"{source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''}")
         out.commit(run.arguments, fingerprints(source), stats.totals, {"stats.json": stats.to_json()})
         return stats
 

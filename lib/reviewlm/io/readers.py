@@ -24,7 +24,6 @@ from reviewlm.io.layout import QUARANTINE, Columns
 from reviewlm.io.ledger import record_piece
 from reviewlm.io.pieces import SPLIT_BYTES, Piece, plan_pieces
 from reviewlm.io.records import (
-    PYTHON_LITERAL,
     Batcher,
     ParseError,
     Utf8Stream,
@@ -38,8 +37,6 @@ from reviewlm.io.records import (
 )
 from reviewlm.io.storage import Inputs, expand_inputs
 from reviewlm.progress import count
-
-QUARANTINE_WARN = 0.1  # a larger share of quarantined rows gets a warning line with a hint
 
 
 def read_piece(fs, piece: Piece, columns: Columns, tally=None, record: str | None = None) -> Iterator[pa.Table]:
@@ -140,21 +137,6 @@ def check_inputs(uris: list[str], columns: Columns = Columns(), fmt: str | None 
     return inputs
 
 
-def quarantine_hint(error: str) -> str:
-    """What most likely made rows with this quarantine error unreadable, and the flag that fixes it."""
-    if error.startswith("invalid") and " at byte " in error or "in the file" in error:
-        return "the input is in another encoding: pass --encoding (cp1252, latin-1, utf-16…)"
-    if error.startswith("expected ") and " fields" in error:
-        return "the fields are separated by another character: pass --delimiter (';', '|', '\\t')"
-    if error.startswith(("invalid JSON", "line is a JSON", "element is a JSON")):
-        return "the input is in another format: pass --format (jsonl, json, csv, tsv, parquet)"
-    if error.startswith("file has no column"):
-        return "its header was not read as written: check --encoding, --delimiter and the column flags"
-    if error == PYTHON_LITERAL:
-        return "convert the file to JSON Lines first (docs/filter.md: real dumps as they are published)"
-    return "see quarantine/ for the raw records and their errors"
-
-
 def read_reviews(inputs: Inputs, columns: Columns = Columns(), split_bytes: int = SPLIT_BYTES,
                  tally=None) -> ray.data.Dataset:
     """The canonical review dataset: one row per record, quarantined ones included; the bytes
@@ -180,29 +162,16 @@ def read_source(source: ReviewDatasource, num_cpus: float | None = None) -> ray.
                                     override_num_blocks=pieces if FUSE_CPUS * pieces >= cpus else None)
 
 
-def unusable(batch: pa.Table) -> pa.Table:
-    """The rows of a canonical batch that `with_text` leaves out, in the quarantine layout, each
-    with the reader's error or what it lacks."""
+def with_reasons(batch: pa.Table) -> pa.Table:
+    """A canonical batch in the quarantine layout, each row that `with_text` leaves out with the
+    reader's error or what it lacks in `error` (null for the others)."""
     error = batch["_error"]
     for column in ("text", "text_pair"):
         if column in batch.schema.names:
             missing = pc.and_(pc.is_null(error), pc.is_null(batch[column]))
             error = pc.if_else(missing, f"no {column.replace('_', ' ')}", error)
-    bad = batch.set_column(batch.schema.get_field_index("_error"), "_error", error).filter(pc.is_valid(error))
-    return bad.select(list(QUARANTINE)).rename_columns(list(QUARANTINE.values()))
-
-
-def check_quarantine(read: int, quarantined: int, errors: dict[str, int], what: str) -> None:
-    """No success on nothing: a UsageError when all `read` rows of `what` were quarantined, a
-    warning line when more than `QUARANTINE_WARN` of them were; both name the commonest error
-    (`errors`: rows per error) and its likely fix."""
-    if not quarantined or quarantined <= QUARANTINE_WARN * read:
-        return
-    error, n = max(errors.items(), key=lambda kv: kv[1])
-    why = f'{n:,} with "{error}": {quarantine_hint(error)}'
-    if quarantined == read:
-        raise UsageError(f"nothing in {what} could be read: all {read:,} rows quarantined, {why}")
-    print(f"reviewlm: warning: {quarantined:,} of {read:,} rows quarantined, {why}", file=sys.stderr)
+    batch = batch.set_column(batch.schema.get_field_index("_error"), "_error", error)
+    return batch.select(list(QUARANTINE)).rename_columns(list(QUARANTINE.values()))
 
 
 def with_text(batch: pa.Table) -> pa.Table:

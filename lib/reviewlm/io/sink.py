@@ -22,7 +22,8 @@ class RoutedParquetSink(Datasink):
 
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
-    wrote per route and, for each of `count_columns`, the counts of its non-null values.
+    wrote per route, for each of `count_columns` the counts of its non-null values, and for
+    each of `sum_columns` the sum of its values.
     Each block's rows (of route `tally_route` only, when given) are added to `tally`
     (reviewlm.progress) as it is written.
 
@@ -33,13 +34,14 @@ class RoutedParquetSink(Datasink):
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
-                 count_columns: tuple[str, ...] = (), prefix: str = "", tally=None, tally_route: str | None = None,
-                 keys: Keys | None = None, done: Done | None = None, unit: str = ""):
+                 count_columns: tuple[str, ...] = (), sum_columns: tuple[str, ...] = (), prefix: str = "",
+                 tally=None, tally_route: str | None = None, keys: Keys | None = None, done: Done | None = None,
+                 unit: str = ""):
         self.base_uri, self.routes, self.prefix = base_uri.rstrip("/"), routes, prefix
         self.tally, self.tally_route = tally, tally_route
-        self.route_column, self.count_columns = route_column, count_columns
+        self.route_column, self.count_columns, self.sum_columns = route_column, count_columns, sum_columns
         self.keys, self.done, self.unit = keys, done or Done(), unit
-        self.result = {"rows": {}, "counted": {c: {} for c in count_columns}}
+        self.result = {"rows": {}, "counted": {c: {} for c in count_columns}, "summed": dict.fromkeys(sum_columns, 0)}
 
     def write(self, blocks, ctx) -> dict:
         fs, base = filesystem(self.base_uri)
@@ -47,6 +49,7 @@ class RoutedParquetSink(Datasink):
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter = Counter()
         counted = {c: Counter() for c in self.count_columns}
+        summed = dict.fromkeys(self.sum_columns, 0)
         tag = f"{self.prefix}{ctx.task_idx:05d}"
         written = []  # the key columns of the rows written, for the ledger
         try:
@@ -54,7 +57,9 @@ class RoutedParquetSink(Datasink):
                 if block.num_rows == 0:  # e.g. from an empty input file: no columns to route on
                     continue
                 for c in self.count_columns:
-                    counted[c].update(v for v in block[c].to_pylist() if v is not None)
+                    counted[c].update(value_counts(block[c]))
+                for c in self.sum_columns:
+                    summed[c] += pc.sum(block[c]).as_py() or 0
                 for route, schema in self.routes.items():
                     part = block.filter(pc.equal(block[self.route_column], route))
                     if part.num_rows == 0:
@@ -80,16 +85,27 @@ class RoutedParquetSink(Datasink):
         finally:
             for w in writers.values():
                 w.close()  # a no-op when closed
-        return {"rows": dict(rows), "counted": counted}
+        return {"rows": dict(rows), "counted": counted, "summed": summed}
 
     def on_write_complete(self, write_result):
         rows: Counter = Counter(self.done.rows)
         counted = {c: Counter(self.done.counted.get(c, {})) for c in self.count_columns}
+        summed = dict.fromkeys(self.sum_columns, 0)
         for r in write_result.write_returns:
             rows.update(r["rows"])
             for c in self.count_columns:
                 counted[c].update(r["counted"][c])
-        self.result = {"rows": dict(rows), "counted": {c: dict(n) for c, n in counted.items()}}
+            for c in self.sum_columns:
+                summed[c] += r["summed"][c]
+        self.result = {"rows": dict(rows), "counted": {c: dict(n) for c, n in counted.items()}, "summed": summed}
+
+
+def value_counts(values: pa.ChunkedArray | pa.Array) -> dict:
+    """How many times each non-null value occurs (vectorized)."""
+    if values.null_count == len(values):
+        return {}
+    counts = pc.value_counts(values.drop_null())
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -8,22 +8,20 @@ import uuid
 from dataclasses import replace
 
 import pandas as pd
-import pyarrow as pa
-import ray
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
-from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
 from reviewlm.io.ledger import Done, Keys, ledger_path, read_record, recover, skip_done, write_record
-from reviewlm.io.readers import check_inputs, check_quarantine, read_reviews, unusable, with_text
+from reviewlm.io.quarantine import Quarantined, write_quarantine
+from reviewlm.io.readers import check_inputs, read_reviews, with_reasons, with_text
 from reviewlm.io.sink import RoutedParquetSink
-from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints, read_json
+from reviewlm.io.storage import OutputDir, filesystem, fingerprints, read_json
 from reviewlm.models import OFFLINE, portable_ref, resolve_model
 from reviewlm.options import RunOptions, ScoreArgs
 from reviewlm.progress import Meter, progress
 from reviewlm.results import FilterStats, ModelScores, ScoreResult, TrainResult
-from reviewlm.runtime import init_ray
+from reviewlm.runtime import actor_pool, init_ray
 from reviewlm.score import metrics as M
 from reviewlm.score import scorer as S
 from reviewlm.score.prompts import Prompts
@@ -52,40 +50,22 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-def _quarantine(texts, columns: Columns, run: RunOptions, out: OutputDir, what: str) -> dict[str, int]:
+def _quarantine(texts, columns: Columns, run: RunOptions, out: OutputDir, what: str) -> Quarantined:
     """Write the corpus rows no model can score (unparseable, or without a text) to quarantine/,
-    in one pass before any model; return how many have each reason (recorded, for --resume).
-    A corpus with no rows, or none usable, is a UsageError before any model loads."""
+    in one pass before any model; return what it counted (recorded, for --resume). A corpus
+    with no rows, or none usable, is a UsageError before any model loads."""
     ledger = out.tmp_uri(ledger_path())
     recorded = read_record(ledger, "quarantine")
     if recorded is None:
         if out.fs.exists(f"{out.tmp}/quarantine"):  # an interrupted pass
             out.fs.rm(f"{out.tmp}/quarantine", recursive=True)
-        split = read_reviews(texts, columns, run.split_bytes).map_batches(_unusable_and_usable,
-                                                                          batch_format="pyarrow").materialize()
-        usable = int(split.sum("_usable") or 0) if split.count() else 0
-        bad = split.filter(expr=col("_usable").is_null()).drop_columns(["_usable"])
-        reasons = {}
-        if bad.count():
-            bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_filesystem(out.fs))
-            counts = bad.groupby("error").count().to_pandas()
-            reasons = dict(zip(counts["error"], counts["count()"].astype(int).tolist()))
-        recorded = {"reasons": reasons, "usable": usable}
-        write_record(ledger, "quarantine", recorded)
-    reasons, bad = recorded["reasons"], sum(recorded["reasons"].values())
-    if not (recorded["usable"] or bad):
-        raise UsageError(f"{what} has no rows")
-    check_quarantine(recorded["usable"] + bad, bad, reasons, what)
-    return reasons
-
-
-def _unusable_and_usable(batch: pa.Table) -> pa.Table:
-    """The batch's unusable rows (quarantine layout, `_usable` null) and one row counting the
-    usable ones in `_usable`: both from one read."""
-    bad = unusable(batch)
-    count = pa.table({f.name: pa.nulls(1, f.type) for f in bad.schema})
-    return pa.concat_tables([bad.append_column("_usable", pa.nulls(bad.num_rows, pa.int64())),
-                             count.append_column("_usable", pa.array([batch.num_rows - bad.num_rows], pa.int64()))])
+        found = write_quarantine(read_reviews(texts, columns, run.split_bytes).map_batches(
+            with_reasons, batch_format="pyarrow"), out.tmp_uri())
+        write_record(ledger, "quarantine", found.to_json())
+    else:
+        found = Quarantined.from_json(recorded)
+    found.check(what)
+    return found
 
 
 def _resumed(out: OutputDir, unit: str, routes: dict) -> Done:
@@ -143,11 +123,8 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         raise UsageError("give at least one {o} NAME=REF", o="model")
     if task != "mlm" and not corpus:
         raise UsageError(f"the {task} task scores texts: give {{o}}", o="corpus")
-    from transformers import AutoConfig
-
     paths = {name: resolve_model(ref) for name, ref in models.items()}  # fails fast; actors resolve again
-    classes = {name: S.class_names(AutoConfig.from_pretrained(path), task)
-               for name, path in paths.items()} if task != "mlm" else {}
+    classes = _class_names(paths, task) if task != "mlm" else {}
     texts = check_inputs(corpus, columns, delimiter=run.delimiter, encoding=run.encoding) if corpus else None
     trained = _trained(models) | ({"train_metrics": TrainResult.from_json(read_json(args.train_metrics))}
                                   if args.train_metrics else {})
@@ -157,24 +134,24 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
     started, attempt = time.time(), uuid.uuid4().hex[:6]
     with out:
         init_ray(run)
-        pool, per_actor, corpus_pool = _pools(args.num_actors, use_gpu)
+        pool, corpus_pool = actor_pool(args.num_actors, use_gpu), actor_pool(args.num_actors, use_gpu, True)
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
                   "corpus": S.CORPUS, "labels": S.LABELS}
-        unscored = _quarantine(texts, columns, run, out, f"the corpus {corpus[0]}") if corpus else {}
+        unscored = _quarantine(texts, columns, run, out, f"the corpus {corpus[0]}") if corpus else None
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             done = _resumed(out, f"m{i}-p", routes) if task == "mlm" else Done()
             todo = len(prompts) - done.total if task == "mlm" else 0
             if todo:
                 scorer = {"name": name, "ref": ref, "use_gpu": use_gpu, "top_k": args.top_k, "word_sets": word_sets,
                           "substitution_prompts": SUBSTITUTION_PROMPTS}
-                actors = min(pool, -(-todo // args.batch_size))  # no actor without a batch to score
+                actors = pool.limit(-(-todo // args.batch_size))  # no actor without a batch to score
                 with progress(Meter(f"scoring {name}", key="rows", unit="prompts", total=todo),
                               bar=False) as tally:
                     # zero-CPU as the read is, and no more tasks than actors (each would start a worker)
-                    skip_done(prompts.dataset(actors), done, Keys("prompt_index"), num_cpus=0,
-                              compute=TaskPoolStrategy(size=actors)).map_batches(
+                    skip_done(prompts.dataset(actors.size), done, Keys("prompt_index"), num_cpus=0,
+                              compute=TaskPoolStrategy(size=actors.size)).map_batches(
                         S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
-                        compute=ActorPoolStrategy(size=actors), **per_actor,
+                        compute=ActorPoolStrategy(size=actors.size), **actors.resources,
                     ).write_datasink(RoutedParquetSink(
                         out.tmp_uri(), routes, prefix=f"m{i}-p-{attempt}-", tally=tally, tally_route="prompts",
                         keys=Keys("prompt_index"), done=done, unit=f"m{i}-p"))
@@ -190,15 +167,20 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                     actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | (
                         {"task": task} if task != "mlm" else {})
                     scored = reviews.map_batches(actor, fn_constructor_kwargs=actor_args, batch_size=args.batch_size,
-                                                 batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool),
-                                                 **per_actor)
+                                                 batch_format="numpy",
+                                                 compute=ActorPoolStrategy(size=corpus_pool.size),
+                                                 **corpus_pool.resources)
                     scored.write_datasink(RoutedParquetSink(
                         out.tmp_uri(), routes, prefix=f"m{i}-c-{attempt}-", tally=tally,
                         tally_route="corpus" if task == "mlm" else "labels", keys=Keys("_row", "source"), done=done,
                         unit=f"m{i}-c"))
+        if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
+            for i in range(len(models)):
+                for unit in (f"m{i}-p", f"m{i}-c"):
+                    recover(out.tmp_uri(), list(routes), unit)
         summary = _summary(out, models, paths, classes, task, word_sets)
         if corpus:
-            summary = replace(summary, corpus_quarantined=sum(unscored.values()))
+            summary = replace(summary, corpus_quarantined=unscored.quarantined)
         from reviewlm.report.render import write_report
 
         shown = _shown_prompts(out)
@@ -211,21 +193,11 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         return replace(summary, wall_time_s=round(time.time() - started, 2))
 
 
-def _pools(num_actors: int | None, use_gpu: bool) -> tuple[int, dict, int]:
-    """Actors for prompts, resources per actor, and actors for a corpus.
+def _class_names(paths: dict[str, str], task: str) -> dict[str, list[str]]:
+    """Each classifier's classes in id order, from its config."""
+    from transformers import AutoConfig
 
-    A corpus is read by tasks that need a CPU while the actors run, so on CPUs its pool
-    leaves one free: with every CPU held by an actor the reads could never be scheduled.
-    """
-    resources = ray.cluster_resources()
-    if use_gpu:
-        pool = num_actors or max(1, int(resources.get("GPU", 1)))
-        return pool, {"num_gpus": 1}, pool
-    cpus = int(resources.get("CPU", 1))
-    if cpus < 2:
-        return 1, {"num_cpus": 0.5}, 1
-    pool = num_actors or cpus
-    return pool, {"num_cpus": 1}, min(pool, cpus - 1)
+    return {name: S.class_names(AutoConfig.from_pretrained(path), task) for name, path in paths.items()}
 
 
 def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict) -> ScoreResult:

@@ -7,16 +7,20 @@ for several outputs at once, told apart by a `_route` column (see RoutedParquetS
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.sentiment import analyzer
 from reviewlm.metrics import STARS
 from reviewlm.models import mask_head
+
+if TYPE_CHECKING:
+    import torch
 
 SUBSTITUTION_TOP = 1000
 PREDICTIONS = pa.schema([("model", pa.string()), ("prompt", pa.string()), ("prompt_index", pa.int64()),
@@ -37,8 +41,22 @@ LABELS = pa.schema([("model", pa.string()), ("id", pa.string()), ("label", pa.st
                     ("probabilities", pa.map_(pa.string(), pa.float64())), ("nll", pa.float64())])
 
 
+def _inference(method):
+    """`method` under torch's inference mode; torch is imported where the actor runs (the
+    driver imports this module for its schemas, and needs no torch)."""
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+
+    return run
+
+
 class _ModelActor:
     def __init__(self, name: str, ref: str, use_gpu: bool, task: str = "mlm"):
+        import torch
         from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
         from reviewlm.models import resolve_model
@@ -72,7 +90,7 @@ class MaskScorer(_ModelActor):
         self.word_ids = {k: sorted({vocab[w] for w in ws if w in vocab}) for k, ws in word_sets.items()}
         self.sia = analyzer()
 
-    @torch.inference_mode()
+    @_inference
     def probabilities(self, texts: list[str]) -> list[torch.Tensor]:
         """Per text, a (masks x vocab) tensor of probabilities."""
         enc = self.tok(texts, padding=True, return_tensors="pt").to(self.device)
@@ -178,8 +196,10 @@ class CorpusScorer(_ModelActor):
         super().__init__(name, ref, use_gpu)
         self.fraction, self.seed, self.micro = fraction, seed, micro_batch
 
-    @torch.inference_mode()
+    @_inference
     def __call__(self, batch: dict) -> pa.Table:
+        import torch
+
         rows = []
         texts, ids_ = list(batch["text"]), list(batch["id"])
         masked = [mask_words(t, k, self.fraction, self.tok, self.seed) for t, k in zip(texts, ids_)]
@@ -249,7 +269,7 @@ class ClassifyScorer(_ModelActor):
             probs[group] = self.model(**enc).logits.float().softmax(-1).cpu().numpy()
         return probs
 
-    @torch.inference_mode()
+    @_inference
     def __call__(self, batch: dict) -> pa.Table:
         texts = list(batch["text"])
         probs = self.probabilities(texts, list(batch["text_pair"]) if "text_pair" in batch else None)

@@ -6,19 +6,22 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from functools import partial
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 from ray.data import ActorPoolStrategy
-from ray.data.expressions import col
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
 from reviewlm.io.pieces import plan_pieces
+from reviewlm.io.quarantine import Quarantined, write_quarantine
 from reviewlm.io.readers import ReviewDatasource, check_inputs, read_reviews, read_source
 from reviewlm.io.storage import OutputDir, arrow_filesystem, compressed, filesystem, fingerprints
 from reviewlm.metrics import STARS, classification_metrics, confusion_matrix, imbalance, star_metrics
@@ -26,9 +29,12 @@ from reviewlm.models import portable_ref, resolve_model
 from reviewlm.options import MATERIALIZED, STREAM_EVAL_BLOCKS, RunOptions, TrainArgs
 from reviewlm.progress import Meter, progress
 from reviewlm.results import ClassMetrics, Epoch, Evaluation, TrainResult
-from reviewlm.runtime import init_ray
+from reviewlm.runtime import actor_pool, init_ray
+from reviewlm.tally import tally
 from reviewlm.train import data
 from reviewlm.train.loop import STATE, LoopConfig, train_func
+from reviewlm.train.masking import mask_eval_blocks
+from reviewlm.train.shards import FixedShards
 
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
 COMPRESSION = 5  # --streaming auto: a compressed file's bytes, counted this many times
@@ -36,24 +42,15 @@ PROBE_ROWS = 2048  # masked LM with --max-steps: the first rows, read to learn t
 PREFIX_MARGIN = 1.25  # ... the rows read hold this many times the tokens the steps need
 PREFIX_SHARE = 4  # ... and only the first rows are read when the corpus holds this many times them
 BYTES_PER_TOKEN = 8  # --streaming auto: a prefix's bytes in the object store per token it must hold
+# Ray Train's controller polls its workers this often (Ray's default: 2 s): a run's end, a registered
+# checkpoint and a lost worker are seen within this time
+TRAIN_POLL_S = "0.5"
 
 
 def _prepared(ds: ray.data.Dataset, args: TrainArgs, num_cpus: float | None = None) -> ray.data.Dataset:
     """The rows training reads, each usable or with its reason in `_error` (lazy)."""
-    return ds.map_batches(data.training_rows, fn_kwargs={"task": args.task}, batch_format="pyarrow", num_cpus=num_cpus)
-
-
-def _rows(ds: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.Dataset, list[str] | None, list[str]]:
-    """The rows training reads (materialized, in input order), the classes and a note when
-    `--max-steps` reads only the corpus's first rows."""
-    ds.context.execution_options.preserve_order = True  # the same blocks in the same order every run
-    rows, notes = _head(_prepared(ds, args), args, tokenizer)
-    if args.task == "mlm":
-        return rows, None, notes
-    labels = list(STARS) if args.task == "stars" else data.label_set(rows, args.labels)
-    if args.labels:
-        rows = rows.map_batches(data.check_labels, fn_kwargs={"labels": labels}, batch_format="pyarrow").materialize()
-    return rows, labels, notes
+    return ds.map_batches(data.training_rows, fn_kwargs={"task": args.task, "seed": args.seed, "labels": args.labels},
+                          batch_format="pyarrow", num_cpus=num_cpus)
 
 
 def _needed_tokens(args: TrainArgs) -> float | None:
@@ -67,21 +64,25 @@ def _needed_tokens(args: TrainArgs) -> float | None:
 
 
 def _head(rows: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.Dataset, list[str]]:
-    """Every row (materialized); with `--max-steps`, only the first rows in input order that
+    """Every row (materialized, in input order); with `--max-steps`, only the first rows that
     hold the tokens the steps need, when the corpus holds `PREFIX_SHARE` times that many:
     a short run does not read, split and tokenize the whole corpus before its first step.
 
     The first `PROBE_ROWS` rows give the tokens per row (rows without text count as rows).
     """
+    rows.context.execution_options.preserve_order = True  # the same blocks in the same order every run
     need = _needed_tokens(args)
     if need is None:
         return rows.materialize(), []
-    probe = rows.limit(PROBE_ROWS).to_pandas()
-    texts = probe.loc[probe["_error"].isna(), "text"].tolist()
+    probe = rows.limit(PROBE_ROWS).materialize()
+    if probe.count() < PROBE_ROWS:  # the whole corpus
+        return probe, []
+    first = probe.to_pandas()
+    texts = first.loc[first["_error"].isna(), "text"].tolist()
     tokens = sum(len(x) for x in tokenizer(texts, truncation=False, verbose=False)["input_ids"]) if texts else 0
-    if len(probe) < PROBE_ROWS or not tokens:
+    if not tokens:
         return rows.materialize(), []
-    n = math.ceil(need * len(probe) / tokens)
+    n = math.ceil(need * PROBE_ROWS / tokens)
     head = rows.limit(PREFIX_SHARE * n).materialize()
     if head.count() < PREFIX_SHARE * n:
         return head, []
@@ -90,10 +91,11 @@ def _head(rows: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.
         f"(about {need:,.0f} tokens before the eval split); without --max-steps every row is read")
 
 
-def _classes(rows: ray.data.Dataset, labels: list[str], args: TrainArgs, columns: Columns) -> dict[str, int]:
-    """Usable rows per class; an error when fewer than two classes have any."""
-    found = rows.filter(expr=col("_error").is_null()).groupby("label").count().to_pandas()
-    counts = {label: 0 for label in labels} | dict(zip(found["label"], found["count()"].astype(int)))
+def _classes(found: Quarantined, args: TrainArgs, columns: Columns) -> dict[str, int]:
+    """Usable rows per class, in class id order; an error when fewer than two classes have any."""
+    seen = found.counted["_class"]
+    labels = list(STARS) if args.task == "stars" else args.labels or data.sort_labels(seen)
+    counts = {label: int(seen.get(label, 0)) for label in labels}
     present = [k for k, v in counts.items() if v]
     if len(present) < 2:
         column = columns.rating if args.task == "stars" else columns.label
@@ -117,7 +119,7 @@ def _eval_blocks(split: ray.data.Dataset, args: TrainArgs, tokenizer, limit: int
     """The eval split's blocks with their masks fixed, at most `limit` (materialized)."""
     mask = {"tokenizer": tokenizer, "probability": args.mask_probability, "whole_word": args.whole_word,
             "seed": args.seed}
-    blocks = _mlm_blocks(split, args, tokenizer).map_batches(data.mask_eval_blocks, fn_kwargs=mask,
+    blocks = _mlm_blocks(split, args, tokenizer).map_batches(mask_eval_blocks, fn_kwargs=mask,
                                                              batch_format="numpy", batch_size=256)
     return (blocks.limit(limit) if limit else blocks).materialize()
 
@@ -129,21 +131,41 @@ def _no_blocks(counts: dict, args: TrainArgs) -> None:
                          "give more data or a smaller {o}", o="chunk_size")
 
 
-def _datasets(rows: ray.data.Dataset, args: TrainArgs, tokenizer, labels: list[str] | None):
+def _counted(rows: ray.data.Dataset, args: TrainArgs, out: OutputDir, tokenizer=None) -> tuple[Quarantined, list]:
+    """One pass over the training rows: what cannot be used goes to quarantine/, and the rows,
+    errors, classes (with their split hashes' bins) or splits (with the train split's tokens,
+    given a tokenizer) are counted; a warning says how many rows were quarantined and why."""
+    counts = ("_class",) if args.task == "mlm" else ("_class", "_bin")
+    found = write_quarantine(rows.map_batches(data.counted, fn_kwargs={
+        "task": args.task, "bounds": _bounds(args), "tokenizer": tokenizer}, batch_format="pyarrow"),
+        out.tmp_uri(), counts, sums=("_tokens",) if tokenizer is not None else ())
+    return found, found.check("the training data", warn_above=0)
+
+
+def _datasets(rows: ray.data.Dataset, found: Quarantined, classes: dict[str, int] | None, args: TrainArgs,
+              tokenizer):
     """Training datasets (tokenized, materialized), the raw splits, and the row counts per split."""
-    splits = data.split_datasets(rows, _bounds(args), args.seed, stratified=args.task != "mlm")
-    counts = data.require_rows({name: d.count() for name, d in splits.items()})
+    bounds = _bounds(args)
+    if classes is None:
+        splits = data.mlm_splits(rows, bounds)
+        counts = {name: int(found.counted["_class"].get(name, 0)) for name, _, _ in bounds}
+    else:
+        present = {k: v for k, v in classes.items() if v}
+        splits, counts = data.stratified_splits(rows, present, found.counted["_bin"], bounds)
+    counts = data.require_rows(counts)
     if args.task == "mlm":
-        tokenized = {"train": _mlm_blocks(splits["train"], args, tokenizer).materialize(),
+        tokenized = {"train": _mlm_blocks(splits["train"], args, tokenizer),
                      "eval": _eval_blocks(splits["eval"], args, tokenizer, args.max_eval_samples)}
     else:
         encode = {"tokenizer": tokenizer, "max_length": args.max_length,
-                  "label2id": {label: i for i, label in enumerate(labels)}}
+                  "label2id": {label: i for i, label in enumerate(classes)}}
         tokenized = {k: v.map_batches(data.tokenize_reviews, fn_kwargs=encode, batch_format="numpy", batch_size=256)
                      for k, v in splits.items() if k != "test"}
         if args.max_eval_samples:
             tokenized["eval"] = tokenized["eval"].limit(args.max_eval_samples)
-        tokenized = {k: v.materialize() for k, v in tokenized.items()}
+    # the rows stay in input order up to here: training takes the blocks in a seeded random order
+    tokenized["train"] = tokenized["train"].randomize_block_order(seed=args.seed)
+    tokenized = {k: v.materialize() for k, v in tokenized.items()}
     counts.update({f"{k}_{'blocks' if args.task == 'mlm' else 'samples'}": v.count() for k, v in tokenized.items()})
     _no_blocks(counts, args)
     return tokenized, splits, counts
@@ -172,22 +194,18 @@ def _streamed(source, args: TrainArgs, tokenizer, out: OutputDir):
     the workers train, every epoch anew; the eval blocks, at most `--max-eval-samples`, are
     materialized. One pass first counts the rows (and, without `--max-steps`, the tokens for
     the schedule) and quarantines what cannot be used."""
-    bounds, seed = _bounds(args), args.seed
+    bounds = _bounds(args)
     rows = read_source(source)
     rows.context.execution_options.preserve_order = True  # the same eval blocks and quarantine every run
     rows = _prepared(rows, args)
-    count_tokens = None if args.max_steps else tokenizer
-    tallies = rows.map_batches(data.tally, fn_kwargs={"bounds": bounds, "seed": seed, "tokenizer": count_tokens},
-                               batch_format="pyarrow", batch_size=1024)
-    names = ["read", "quarantined", "eval", "train"] + (["train_tokens"] if count_tokens else [])
-    totals = tallies.sum(names) or {}
-    counts = {name: int(totals.get(f"sum({name})") or 0) for name in names}
-    warnings, counts = _quarantine(rows, out, counts)
+    found, warnings = _counted(rows, args, out, tokenizer=None if args.max_steps else tokenizer)
+    counts = {"read": found.read, "quarantined": found.quarantined,
+              **{name: int(found.counted["_class"].get(name, 0)) for name, _, _ in bounds}}
     data.require_rows({"train": counts["train"], "eval": counts["eval"]})
 
     def split(ds: ray.data.Dataset, name: str, num_cpus: float | None = None) -> ray.data.Dataset:
-        return ds.map_batches(data.split_rows, fn_kwargs={"name": name, "bounds": bounds, "seed": seed},
-                              batch_format="pyarrow", num_cpus=num_cpus)
+        return ds.map_batches(data.split_rows, fn_kwargs={"name": name, "bounds": bounds}, batch_format="pyarrow",
+                              num_cpus=num_cpus)
 
     stream = read_source(source, data.DATA_CPUS)
     stream.context.target_max_block_size = data.STREAM_BLOCK_BYTES  # what a task holds in the store
@@ -195,8 +213,8 @@ def _streamed(source, args: TrainArgs, tokenizer, out: OutputDir):
                         data.DATA_CPUS)
     evaluation = _eval_blocks(split(rows, "eval"), args, tokenizer, args.max_eval_samples or STREAM_EVAL_BLOCKS)
     counts["eval_blocks"] = evaluation.count()
-    if "train_tokens" in counts:
-        counts["train_blocks"] = counts["train_tokens"] // args.chunk_size  # about: batches drop their tails
+    if "_tokens" in found.summed:
+        counts["train_blocks"] = int(found.summed["_tokens"]) // args.chunk_size  # about: batches drop their tails
     _no_blocks(counts, args)
     return {"train": train, "eval": evaluation}, counts, warnings
 
@@ -228,17 +246,18 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
             datasets, counts, warnings = _streamed(source, args, tokenizer, out)
             labels = classes = None
         else:
-            rows, labels, notes = _rows(read_reviews(data_in, columns, run.split_bytes), args, tokenizer)
-            warnings, counts = _quarantine(rows, out)
+            rows, notes = _head(_prepared(read_reviews(data_in, columns, run.split_bytes), args), args, tokenizer)
+            found, warnings = _counted(rows, args, out)
             warnings = notes + warnings
-            classes = _classes(rows, labels, args, columns) if labels else None
-            datasets, splits, counts_split = _datasets(rows, args, tokenizer, labels)
-            counts.update(counts_split)
+            classes = _classes(found, args, columns) if args.task != "mlm" else None
+            labels = list(classes) if classes else None
+            datasets, splits, counts = _datasets(rows, found, classes, args, tokenizer)
+            counts = {"read": found.read, "quarantined": found.quarantined, **counts}
         arrow_fs = arrow_filesystem(out.fs)
         if args.task == "mlm":  # the masked blocks every eval loss is computed on, for anyone to recompute
             datasets["eval"].write_parquet(f"{out.tmp}/eval", filesystem=arrow_fs)
         else:  # the rows the test metrics are computed on
-            splits["test"].drop_columns(["split", "_u", "source", "_row", "_raw", "_error"]).write_parquet(
+            splits["test"].drop_columns(["split", "_h", "source", "_row", "_raw", "_error"]).write_parquet(
                 f"{out.tmp}/test", filesystem=arrow_fs)
         train_rows = counts.get("train_blocks" if args.task == "mlm" else "train_samples")
         steps_per_epoch = math.ceil(train_rows / args.batch_size / args.num_workers) if train_rows is not None else None
@@ -259,10 +278,11 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
                                 resources_per_worker=None if args.use_gpu else {"CPU": 1 - data.DATA_CPUS * stream})
         # the same run name and storage: Ray Train continues from the latest checkpoint there
         meter = Meter("training", key="step", unit="steps", total=total, extra=partial(_step_extra, args=args))
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)  # read by fit, passed on
         with progress(meter) as tally:
             trainer = TorchTrainer(train_func, train_loop_config=asdict(config) | {"tally": tally},
                                    scaling_config=scaling, run_config=run_config, datasets=datasets,
-                                   dataset_config=data.FixedShards(datasets, args.num_workers,
+                                   dataset_config=FixedShards(datasets, args.num_workers,
                                                                    stream=("train",) if stream else ()))
             fitted = trainer.fit()
         _export(fitted.get_best_checkpoint("eval_loss", "min"), out)
@@ -289,30 +309,6 @@ def _warn(message: str) -> list[str]:
     """Print a warning (stderr) and return it for metrics.json."""
     print(f"reviewlm: warning: {message}", file=sys.stderr)
     return [message]
-
-
-def _quarantine(rows: ray.data.Dataset, out: OutputDir, counts: dict | None = None) -> tuple[list[str], dict]:
-    """Write the rows training cannot use to quarantine/; a warning saying how many and why.
-
-    `counts` (read, quarantined) when a pass has counted them; else they are counted here.
-    """
-    bad = data.quarantined(rows)
-    if counts is None:
-        bad = bad.materialize()
-        counts = {"read": rows.count(), "quarantined": bad.count()}
-    n = counts["quarantined"]
-    if not n:
-        return [], counts
-    arrow_fs = arrow_filesystem(out.fs)
-    bad.write_parquet(f"{out.tmp}/quarantine", filesystem=arrow_fs)
-    reasons = (ray.data.read_parquet(f"{out.tmp}/quarantine", filesystem=arrow_fs).groupby("error").count()
-               .to_pandas().sort_values("count()", ascending=False))
-    top = reasons.iloc[0]
-    if n == counts["read"]:
-        raise UsageError(f"no usable training rows: all {n} rows are quarantined, {int(top['count()'])} "
-                         f"of them with: {top['error']}")
-    return _warn(f"{n} of {counts['read']} rows quarantined (see quarantine/), most often: {top['error']} "
-                 f"({int(top['count()'])})"), counts
 
 
 def _few_steps(total: int, per_epoch: int | None, args: TrainArgs) -> list[str]:
@@ -353,18 +349,28 @@ def _result(fitted, args: TrainArgs, model_path: str, counts: dict, warnings: li
 
 def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool, labels: list[str],
                   stars: bool) -> tuple[ClassMetrics, float]:
-    """Metrics and mean loss of the exported model on the test split, scored as `reviewlm score` does."""
+    """Metrics and mean loss of the exported model on the test split, scored as `reviewlm score`
+    does, on an actor pool; each task counts its block's (label, predicted) cells and losses."""
     from reviewlm.score.scorer import ClassifyScorer
 
+    pool = actor_pool(None, use_gpu, fed_by_tasks=True)  # the split is made by tasks as the actors score
     scored = test.map_batches(ClassifyScorer, fn_constructor_kwargs={"name": "model", "ref": model_uri,
                                                                      "use_gpu": use_gpu}, batch_size=256,
-                              batch_format="numpy", compute=ActorPoolStrategy(size=1),
-                              **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})).materialize()
-    cells = scored.groupby(["label", "predicted"]).count().to_pandas()
+                              batch_format="numpy", compute=ActorPoolStrategy(size=pool.size), **pool.resources)
+    cells = tally(scored, _cells)
     index = {label: i for i, label in enumerate(labels)}
-    cm = confusion_matrix(cells["label"].map(index), cells["predicted"].map(index), n=len(labels),
-                          counts=cells["count()"])
-    return star_metrics(cm) if stars else classification_metrics(cm, labels), scored.mean("nll")
+    cell = {(index[k[1]], index[k[2]]): n for k, n in cells.items() if isinstance(k, tuple)}
+    cm = confusion_matrix([t for t, _ in cell], [p for _, p in cell], n=len(labels), counts=list(cell.values()))
+    metrics = star_metrics(cm) if stars else classification_metrics(cm, labels)
+    return metrics, cells["nll"] / max(cells["n"], 1)
+
+
+def _cells(block: pa.Table) -> Counter:
+    """A scored block's rows per (label, predicted) cell, and its losses' sum and count."""
+    out = Counter({("cell", *k): n for k, n in Counter(zip(block["label"].to_pylist(),
+                                                            block["predicted"].to_pylist())).items()})
+    out["nll"], out["n"] = pc.sum(block["nll"]).as_py() or 0.0, block.num_rows
+    return out
 
 
 def _export(checkpoint, out: OutputDir) -> None:

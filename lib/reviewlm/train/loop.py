@@ -22,6 +22,7 @@ from reviewlm.train.masking import BlockMasker
 
 STATE = "train_state.pt"
 LENGTH_GROUP = 8  # reviews: batches of similar length are cut from this many batches at a time
+SHUFFLE_ROWS = 2048  # each epoch's rows come from a seeded shuffle buffer of at least this many
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ def full_batches(chunks, size: int):
 def batches(run: Run, shard, collate):
     """This epoch's training batches on this worker's device, shuffled with a seed per epoch.
 
-    Megabatches of `LENGTH_GROUP` batches come from a seeded local shuffle. Masked LM: they
+    Megabatches of `LENGTH_GROUP` batches come from a seeded local shuffle of `SHUFFLE_ROWS`
+    rows at least (the shard's blocks are in a seeded random order already). Masked LM: they
     are cut in order (blocks are of equal length). Reviews: batches of similar lengths (like
     transformers' `group_by_length`): each megabatch is sorted by length, cut, and its batches
     taken in a seeded random order. A shard of n rows makes ceil(n / batch size) batches, so
@@ -278,7 +280,7 @@ def batches(run: Run, shard, collate):
     bs, seed = run.config.batch_size, run.config.seed + run.epoch
     rng = np.random.default_rng(seed)
     megas = shard.iter_batches(batch_size=LENGTH_GROUP * bs, batch_format="numpy",
-                               local_shuffle_buffer_size=LENGTH_GROUP * bs, local_shuffle_seed=seed)
+                               local_shuffle_buffer_size=max(LENGTH_GROUP * bs, SHUFFLE_ROWS), local_shuffle_seed=seed)
     for mega in full_batches(megas, bs):
         n = len(mega["input_ids"])
         if run.config.task == "mlm":

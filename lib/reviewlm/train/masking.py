@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling
@@ -44,3 +46,20 @@ class BlockMasker:
             torch.tensor(np.asarray(ids), dtype=torch.long),  # a copy: the collator masks in place
             special_tokens_mask=torch.as_tensor(words < 0),
             offset_mapping=words if self.whole_word else None)
+
+
+def block_seed(block: np.ndarray, seed: int) -> int:
+    """A seed from a block's tokens: its masks do not depend on batching, shards or workers."""
+    return int.from_bytes(hashlib.blake2b(block.tobytes(), digest_size=8, key=str(seed).encode()).digest(), "big")
+
+
+def mask_eval_blocks(batch: dict, tokenizer, probability: float, whole_word: bool, seed: int) -> dict:
+    """Masks fixed once per eval block (seeded by its tokens): every evaluation scores the same ones."""
+    masker = BlockMasker(tokenizer, probability, whole_word)
+    inputs, labels = [], []
+    for ids, words in zip(batch["input_ids"], batch["word_ids"]):
+        x, y = masker(ids[None], words[None], torch.Generator().manual_seed(block_seed(ids, seed)))
+        inputs.append(x[0].numpy().astype(np.int32))
+        labels.append(y[0].numpy().astype(np.int32))
+    empty = np.zeros((0, batch["input_ids"].shape[1]), np.int32)
+    return {"input_ids": np.stack(inputs) if inputs else empty, "labels": np.stack(labels) if labels else empty}
