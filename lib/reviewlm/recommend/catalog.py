@@ -4,19 +4,19 @@ the judgments, and what the reviews say about each product (aggregated on Ray Da
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
-from ray.data.aggregate import Count, Mean
 from ray.data.expressions import col
 
 from reviewlm.errors import UsageError
-from reviewlm.io.layout import QUARANTINE, Columns
+from reviewlm.io.layout import QUARANTINE, CatalogColumns, Columns
 from reviewlm.io.readers import check_inputs, read_reviews
 from reviewlm.io.storage import expand_inputs, filesystem
-from reviewlm.options import option
+from reviewlm.tally import tally
 
 PRODUCTS = pa.schema([("product_id", pa.string()), ("title", pa.string()), ("description", pa.string()),
                       ("document", pa.string()), ("price", pa.float64()), ("rating", pa.float64()),
@@ -24,25 +24,6 @@ PRODUCTS = pa.schema([("product_id", pa.string()), ("title", pa.string()), ("des
 PARSED = pa.schema([*PRODUCTS, ("source", pa.string()), ("row", pa.int64()), ("raw", pa.string()),
                     ("error", pa.string())])  # parse_products: a product, or a quarantined row with its reason
 SIGNALS = ("reviews", "review_rating", "review_sentiment")  # per product, from --reviews
-
-
-@dataclass(frozen=True)
-class CatalogColumns:
-    """Which catalogue columns hold a product's fields (`--id-column` and friends)."""
-
-    id: str = option("product_id", help="catalogue column holding the product id (without one: file and record)")
-    title: str = option("title", help="catalogue column holding the product title (required in every file)")
-    text: str = option("description", help="catalogue column holding the description (optional)")
-    price: str = option("price", help="catalogue column holding the price, a number (optional)")
-    rating: str = option("rating", help="catalogue column holding the mean star rating, zero to five (optional)")
-    review_count: str = option("review_count", help="catalogue column holding the number of reviews (optional)")
-
-    @property
-    def reader(self) -> Columns:
-        """The readers' columns: the title is the text every row must have, the rest ride along as strings."""
-        return Columns(text=self.title, id=self.id, rating="", title="", brand="", product="",
-                       extra=(("description", self.text), ("price", self.price), ("rating", self.rating),
-                              ("review_count", self.review_count)))
 
 
 def check_catalog(uris: list[str], columns: CatalogColumns, delimiter: str | None, encoding: str):
@@ -100,10 +81,9 @@ def parse_products(batch: pa.Table) -> pa.Table:
     return pa.table(rows, schema=PARSED)
 
 
-def quarantined(products: ray.data.Dataset) -> ray.data.Dataset:
-    """The catalogue rows that cannot be ranked, in every job's quarantine layout."""
-    return (products.filter(expr=col("error").is_not_null()).rename_columns({"product_id": "id"})
-            .select_columns(list(QUARANTINE.values())))
+def quarantine_layout(batch: pa.Table) -> pa.Table:
+    """Parsed catalogue rows in every job's quarantine layout (error null for a usable product)."""
+    return batch.rename_columns({"product_id": "id"}).select(list(QUARANTINE.values()))
 
 
 def usable(products: ray.data.Dataset) -> ray.data.Dataset:
@@ -167,23 +147,44 @@ def read_judgments(uri: str) -> pd.DataFrame:
     return out.drop_duplicates(["query", "product_id"], keep="last", ignore_index=True)
 
 
-def review_signals(uris: list[str], product_column: str, text_column: str, rating_column: str,
-                   run) -> ray.data.Dataset:
-    """Per product: its review count, mean star rating and mean VADER compound, from a review
-    dump (or a filter job's kept/), grouped on Ray Data. Reviews without a product are skipped."""
+def check_reviews(uris: list[str], product_column: str, text_column: str, rating_column: str, run):
+    """The review files and their columns, checked without Ray."""
     columns = Columns(text=text_column, rating=rating_column, product=product_column)
-    inputs = check_inputs(uris, columns, required=[("review_product", product_column)],
-                          delimiter=run.delimiter, encoding=run.encoding)
-    return (read_reviews(inputs, columns, run.split_bytes).map_batches(_sentiment, batch_format="pyarrow")
-            .groupby("product").aggregate(Count(alias_name="reviews"), Mean("rating", alias_name="review_rating"),
-                                          Mean("compound", alias_name="review_sentiment"))
-            .rename_columns({"product": "product_id"}))
+    return check_inputs(uris, columns, required=[("review_product", product_column)], delimiter=run.delimiter,
+                        encoding=run.encoding), columns
 
 
-def _sentiment(batch: pa.Table) -> pa.Table:
+def review_signals(inputs, columns: Columns, products: set[str], split_bytes: int) -> tuple[pa.Table, int]:
+    """Per product of `products` (the candidates): its review count, mean star rating and mean
+    VADER compound, from a review dump (or a filter job's kept/) read on Ray Data, each task
+    summing its block's reviews of those products; and how many reviews name a product at all.
+    Only the candidates' reviews are scored: the rest are only counted."""
+    sums = tally(read_reviews(inputs, columns, split_bytes), _review_sums, {"products": products})
+    found = sorted({key[0] for key in sums if isinstance(key, tuple)})
+
+    def mean(total: str, n: str) -> list:
+        return [sums[(p, total)] / sums[(p, n)] if sums[(p, n)] else None for p in found]
+
+    signals = pa.table({"product_id": pa.array(found, pa.string()),
+                        "reviews": pa.array([sums[(p, "n")] for p in found], pa.int64()),
+                        "review_rating": pa.array(mean("rating", "rated"), pa.float64()),
+                        "review_sentiment": pa.array(mean("compound", "scored"), pa.float64())})
+    return signals, int(sums["named"])
+
+
+def _review_sums(batch: pa.Table, products: set[str]) -> Counter:
     from reviewlm.filters.sentiment import vader_scores
 
-    ok = batch.filter(pa.compute.and_(pa.compute.is_null(batch["_error"]), pa.compute.is_valid(batch["product"])))
-    compound = vader_scores(ok["text"].to_pylist())["compound"]
-    return pa.table({"product": ok["product"], "rating": ok["rating"],
-                     "compound": pa.array(compound, pa.float64(), from_pandas=True)})
+    named = batch.filter(pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["product"])))
+    mine = named.filter(pc.is_in(named["product"], value_set=pa.array(sorted(products), pa.string())))
+    compound = vader_scores(mine["text"].to_pylist())["compound"]
+    out = Counter({"named": named.num_rows})
+    for product, rating, score in zip(mine["product"].to_pylist(), mine["rating"].to_pylist(), compound):
+        out[(product, "n")] += 1
+        if rating is not None:
+            out[(product, "rating")] += rating
+            out[(product, "rated")] += 1
+        if score is not None and score == score:
+            out[(product, "compound")] += score
+            out[(product, "scored")] += 1
+    return out

@@ -82,48 +82,77 @@ def top_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.lexsort((ids[chosen], -scores[chosen]))][:k]
 
 
+CANDIDATE = ("product_id", "title", "description", "price", "rating", "review_count")  # what a candidate carries
+
+
 def block_candidates(batch: pa.Table, queries: np.ndarray, k: int) -> pa.Table:
-    """Each query's `k` best products of one block of the catalogue by inner product: the
-    map side of an exact top-k (the union of every block's best holds the overall best)."""
+    """Each query's `k` best products of one block of the catalogue by inner product, with
+    their fields: the map side of an exact top-k (the union of every block's best holds the
+    overall best)."""
     scores = queries @ matrix(batch["embedding"]).T  # queries x products
     ids = np.asarray(batch["product_id"].to_pylist(), dtype=str)
-    q, rows = [], []
-    for i in range(len(queries)):
-        best = top_rows(scores[i], ids, k)
-        q.append(np.full(len(best), i))
-        rows.append(best)
-    q, rows = np.concatenate(q), np.concatenate(rows)
-    return pa.table({"query_index": pa.array(q, pa.int64()), "product_id": pa.array(ids[rows], pa.string()),
-                     "score": pa.array(scores[q, rows], pa.float64())})
+    return _chosen(batch, [(i, top_rows(scores[i], ids, k), scores[i]) for i in range(len(queries))])
 
 
-def best_of(group: pa.Table, k: int, stage: str) -> pa.Table:
-    """One query's `k` best candidates of all blocks (the reduce side), with their `stage`
-    score and rank (1 = best)."""
-    ids = np.asarray(group["product_id"].to_pylist(), dtype=str)
-    best = top_rows(group["score"].to_numpy(), ids, k)
-    chosen = group.take(pa.array(best, pa.int64()))
-    return pa.table({"query_index": chosen["query_index"], "product_id": chosen["product_id"],
-                     f"{stage}_score": chosen["score"],
-                     f"{stage}_rank": pa.array(np.arange(1, len(best) + 1), pa.int64())})
+def _chosen(batch: pa.Table, picks: list[tuple[int, np.ndarray, np.ndarray]]) -> pa.Table:
+    """The rows each query picked of `batch` (query, row indices, its scores of every row), with
+    `query_index` and `score`."""
+    q = np.concatenate([np.full(len(rows), i) for i, rows, _ in picks] or [np.zeros(0, int)])
+    rows = np.concatenate([rows for _, rows, _ in picks] or [np.zeros(0, int)]).astype(np.int64)
+    score = np.concatenate([scores[rows] for _, rows, scores in picks] or [np.zeros(0)]).astype(np.float64)
+    fields = batch.select([c for c in CANDIDATE if c in batch.column_names]).take(pa.array(rows, pa.int64()))
+    return fields.append_column("query_index", pa.array(q, pa.int64())).append_column("score", pa.array(score))
 
 
-def dense_candidates(embeddings: ray.data.Dataset, queries: np.ndarray, k: int, block_rows: int) -> ray.data.Dataset:
-    """The `k` products of highest inner product per query, exact: each task scores a block of
-    `block_rows` catalogue rows against every query and keeps its best `k` per query; a group-by
-    per query keeps the best `k` of those. No process holds the catalogue."""
-    return (embeddings.map_batches(block_candidates, fn_kwargs={"queries": queries, "k": k}, batch_size=block_rows,
-                                   batch_format="pyarrow")
-            .groupby("query_index").map_groups(best_of, fn_kwargs={"k": k, "stage": "dense"}, batch_format="pyarrow"))
+class TopK:
+    """Each query's `k` best candidates of the blocks seen so far (higher score first, equal
+    ones by product id, so the result never depends on how the catalogue was cut): the reduce
+    side of an exact top-k, in the driver, holding queries x `k` rows whatever the catalogue."""
+
+    def __init__(self, k: int):
+        self.k, self.best = k, None
+
+    def add(self, part: pa.Table) -> None:
+        table = part if self.best is None else pa.concat_tables([self.best, part], promote_options="default")
+        order = pc.sort_indices(table, [("query_index", "ascending"), ("score", "descending"),
+                                        ("product_id", "ascending")])
+        table = table.take(order)
+        self.best = table.filter(pa.array(_ranks(table["query_index"].to_numpy()) <= self.k))
+
+    def result(self, stage: str) -> pa.Table:
+        """The best with their `stage` score and rank (1 = best)."""
+        if self.best is None:
+            return pa.table({"query_index": pa.array([], pa.int64()), "product_id": pa.array([], pa.string()),
+                             f"{stage}_score": pa.array([], pa.float64()), f"{stage}_rank": pa.array([], pa.int64())})
+        ranks = _ranks(self.best["query_index"].to_numpy())
+        return (self.best.rename_columns([{"score": f"{stage}_score"}.get(c, c) for c in self.best.column_names])
+                .append_column(f"{stage}_rank", pa.array(ranks, pa.int64())))
+
+
+def _ranks(query: np.ndarray) -> np.ndarray:
+    """1, 2, 3… within each run of equal values of a sorted column."""
+    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
+    return np.arange(len(query)) - np.repeat(starts, np.diff(np.r_[starts, len(query)])) + 1
+
+
+def top_candidates(ds: ray.data.Dataset, pick, k: int, stage: str, **kwargs) -> pa.Table:
+    """Each query's `k` best of `ds` by `pick(block, k=k, **kwargs)`: every block's best, merged
+    in the driver as they arrive; no shuffle."""
+    best = TopK(k)
+    for part in ds.map_batches(pick, fn_kwargs={"k": k, **kwargs}, batch_format="pyarrow",
+                               batch_size=None).iter_batches(batch_format="pyarrow", batch_size=None):
+        best.add(part)
+    return best.result(stage)
 
 
 BM25_STOPWORDS = "en"  # bm25s' English stop words
 
 
-def bm25_top(table: pa.Table, queries: list[str], k: int, max_price: float | None = None) -> pa.Table:
-    """Each query's `k` best products of `table` (product_id, document, price) by bm25s' scores
-    (equal ones by id); a product sharing no word with the query, or priced above `max_price`
-    (unpriced ones too), is none. The index, and so each word's weight, is the whole table's."""
+def bm25_block(table: pa.Table, queries: list[str], k: int, max_price: float | None = None) -> pa.Table:
+    """Each query's `k` best products of `table` (product_id, document, price and the rest) by
+    bm25s' scores (equal ones by id); a product sharing no word with the query, or priced
+    above `max_price` (unpriced ones too), is none. The index, and so each word's weight, is
+    the table's (a block of the catalogue: a shard, as a search engine's)."""
     import bm25s
 
     retriever = bm25s.BM25()  # Lucene's BM25: k1 1.5, b 0.75
@@ -133,32 +162,13 @@ def bm25_top(table: pa.Table, queries: list[str], k: int, max_price: float | Non
     if max_price is not None:
         allowed = np.nan_to_num(table["price"].to_numpy(zero_copy_only=False), nan=np.inf) <= max_price
     ids = np.asarray(table["product_id"].to_pylist(), dtype=str)
-    rows = {"query_index": [], "product_id": [], "bm25_score": [], "bm25_rank": []}
     tokens = bm25s.tokenize(queries, stopwords=BM25_STOPWORDS, return_ids=False, show_progress=False)
+    picks = []
     for i, words in enumerate(tokens):
         scores = retriever.get_scores(words) * allowed if words else np.zeros(len(ids))
         best = top_rows(scores, ids, k)
-        best = best[scores[best] > 0]
-        rows["query_index"] += [i] * len(best)
-        rows["product_id"] += ids[best].tolist()
-        rows["bm25_score"] += scores[best].astype(float).tolist()
-        rows["bm25_rank"] += list(range(1, len(best) + 1))
-    return pa.table(rows, schema=pa.schema([("query_index", pa.int64()), ("product_id", pa.string()),
-                                            ("bm25_score", pa.float64()), ("bm25_rank", pa.int64())]))
-
-
-def bm25_candidates(products: ray.data.Dataset, queries: list[str], k: int,
-                    max_price: float | None = None) -> ray.data.Dataset:
-    """The `k` best products per query by BM25 over title and description (those priced at
-    most `max_price`, when given), from `bm25s`: an in-memory index, one task holds the
-    tokenized catalogue (a few bytes per word)."""
-    refs = products.select_columns(["product_id", "document", "price"]).to_arrow_refs()
-    return ray.data.from_arrow_refs(_bm25.remote(refs, queries, k, max_price))
-
-
-@ray.remote(num_cpus=1)
-def _bm25(blocks: list, queries: list[str], k: int, max_price: float | None) -> pa.Table:
-    return bm25_top(pa.concat_tables(ray.get(blocks)), queries, k, max_price)
+        picks.append((i, best[scores[best] > 0], scores))
+    return _chosen(table, picks)
 
 
 def fuse(group: pa.Table, k: int) -> pa.Table:
