@@ -1,6 +1,8 @@
 """Shared fixtures: a moto S3 server on 127.0.0.1 and one local Ray cluster (2 CPUs)."""
 
+import contextlib
 import http.client
+import io
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
@@ -76,9 +79,24 @@ def killable_corpus(tmp_path_factory):
 
 
 def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run the installed `reviewlm` console script."""
+    """Run the installed `reviewlm` console script: for tests of the process itself (its exit
+    code and console, kills, a Ray of its own)."""
     return subprocess.run([str(BIN / "reviewlm"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_job(*args, env=None) -> subprocess.CompletedProcess:
+    """`reviewlm ARGS` in this process, on the test run's Ray (the `ray_cluster` fixture), as
+    `cli.main` runs it for the console script: its exit code and what it printed."""
+    import ray
+    from reviewlm.cli import main
+
+    assert ray.is_initialized(), "run_job runs on the test run's Ray: ask for the ray_cluster fixture"
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    assert ray.is_initialized(), "a job left the test run's Ray"
+    return subprocess.CompletedProcess(["reviewlm", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line(res: subprocess.CompletedProcess, message: str) -> None:
@@ -90,16 +108,26 @@ def assert_one_line(res: subprocess.CompletedProcess, message: str) -> None:
 
 
 def kill_job_when(argv: list, ready, timeout: float = 300) -> None:
-    """Start `argv` in its own process group; once `ready()`, SIGKILL the whole group
-    (the driver and the local Ray it started)."""
+    """Start `argv` in its own process group; once `ready()`, SIGKILL the driver and every
+    process under it at once: the local Ray it started, and Ray's workers, each of which sits
+    in a process group of its own (a kill of the group alone leaves them writing for a while)."""
     job = subprocess.Popen(list(map(str, argv)), start_new_session=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     deadline = time.time() + timeout
     while not ready():
         assert job.poll() is None and time.time() < deadline, job.stderr.read()[-2000:]
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
+    kill_tree(job.pid)
     job.wait()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process's group and every process under it."""
+    under = psutil.Process(pid).children(recursive=True)
+    os.killpg(pid, signal.SIGKILL)
+    for p in under:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 class Killer(threading.Thread):

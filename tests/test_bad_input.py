@@ -7,9 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from tests.conftest import FaultyS3, assert_one_line, run_cli
+from tests.conftest import FaultyS3, assert_one_line, run_cli, run_job
 
-ONE_CLI_RUN = pytest.mark.slow
+ONE_JOB = pytest.mark.slow
 
 
 @pytest.fixture
@@ -61,12 +61,20 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a[:2]) + m[:12] for a, m in CASES])
-def test_bad_input_exits_2_with_one_line(files, s3, argv, message):
+def test_bad_input_exits_2_with_one_line(files, ray_cluster, argv, message):
     argv, message = [a.format(d=files) for a in argv], message.format(d=files)
     if "--output" not in argv:
         argv += ["--output", str(files / "out")]
-    assert_one_line(run_cli(*argv), message)
+    assert_one_line(run_job(*argv), message)
     assert not (files / "out").exists() and not (files / "pwned").exists()
+
+
+def test_the_installed_script_exits_2_with_one_line(files):
+    """The console script itself: exit code 2, one line on its stderr, before Ray starts."""
+    assert_one_line(run_cli("filter", files / "missing.csv", "--output", files / "out"), "input not found")
+    assert_one_line(run_cli("train", "--data", files / "notext.csv", "--output", files / "out"),
+                    "no text column 'text'")
+    assert not (files / "out").exists()
 
 
 def test_a_corpus_no_model_can_score_stops_before_any_model_loads(files):
@@ -115,8 +123,8 @@ def good(prefix, n):
     return [f"{prefix}{i},Nike shoes are very comfortable {i},{i % 5 + 1}".encode() for i in range(n)]
 
 
-@ONE_CLI_RUN
-def test_broken_records_are_quarantined_and_every_row_is_accounted_for(tmp_path):
+@ONE_JOB
+def test_broken_records_are_quarantined_and_every_row_is_accounted_for(ray_cluster, tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     (d / "a.csv").write_bytes(b"\n".join([b"id,text,rating", *good("a", 5), *(raw for raw, _ in BROKEN_CSV),
@@ -130,7 +138,7 @@ def test_broken_records_are_quarantined_and_every_row_is_accounted_for(tmp_path)
                                    '{"id": "z3", "text": "   "}\n{"id": "z4"}\n')
     (d / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
     (tmp_path / "recipe.yaml").write_text("all:\n  - non_null\n  - keywords: {name: ../../escape, words: [nike]}\n")
-    res = run_cli("filter", d, "--output", tmp_path / "out", "--recipe", tmp_path / "recipe.yaml", "--num-cpus", 2)
+    res = run_job("filter", d, "--output", tmp_path / "out", "--recipe", tmp_path / "recipe.yaml")
     assert res.returncode == 0, res.stderr[-3000:]
 
     out = tmp_path / "out"
@@ -156,12 +164,11 @@ def test_broken_records_are_quarantined_and_every_row_is_accounted_for(tmp_path)
     assert {p.name for p in out.iterdir()} == {"kept", "rejected", "quarantine", "stats.json", "_SUCCESS"}
 
 
-@ONE_CLI_RUN
-def test_bad_prompts_are_reported_in_the_output_with_a_reason(tmp_path):
+@ONE_JOB
+def test_bad_prompts_are_reported_in_the_output_with_a_reason(ray_cluster, tmp_path):
     long = "nike " * 600 + "[MASK]"
     (tmp_path / "prompts.txt").write_text(f"Nike shoes are very [MASK].\nNike shoes are very comfortable.\n{long}\n")
-    res = run_cli("score", "--model", "t=tiny", "--prompts", tmp_path / "prompts.txt", "--output", tmp_path / "out",
-                  "--num-cpus", 2)
+    res = run_job("score", "--model", "t=tiny", "--prompts", tmp_path / "prompts.txt", "--output", tmp_path / "out")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 prompt(s) could not be scored" in res.stdout
     invalid = json.loads((tmp_path / "out" / "summary.json").read_text())["invalid_prompts"]

@@ -10,9 +10,8 @@ import pyarrow as pa
 import pytest
 from reviewlm.metrics import classification_metrics, confusion_matrix, imbalance
 from reviewlm.synth import ESCI, KINDS, synth_pairs, write_synth
-from reviewlm.train.data import stratify
 
-from tests.conftest import run_cli
+from tests.conftest import run_job
 
 PAIR = ["--text-column", "query", "--text-pair-column", "product_title", "--label-column", "esci_label"]
 
@@ -48,16 +47,65 @@ def test_unbalanced_classes_are_named_and_balanced_weights_follow_their_counts(c
     assert _weights(classes, balanced) == pytest.approx((960 / (3 * 600), 960 / (3 * 300), 0.0, 960 / (3 * 60)))
 
 
-def test_stratified_split_cuts_every_class_in_the_same_proportions():
-    bounds = [("train", 0.0, 0.64), ("eval", 0.64, 0.8), ("test", 0.8, 1.0)]
-    for n in (7, 50, 333):
-        group = pa.table({"id": [f"r{i}" for i in range(n)], "label": ["x"] * n})
-        split = Counter(stratify(group, bounds, seed=1)["split"].to_pylist())
-        assert split == {"train": round(0.64 * n), "eval": round(0.8 * n) - round(0.64 * n),
-                         "test": n - round(0.8 * n)}
-        again = stratify(group.take(np.random.default_rng(0).permutation(n)), bounds, seed=1)
-        assert dict(zip(again["id"].to_pylist(), again["split"].to_pylist())) == \
-            dict(zip(stratify(group, bounds, 1)["id"].to_pylist(), stratify(group, bounds, 1)["split"].to_pylist()))
+def stratified(table: pa.Table, bounds) -> tuple[dict, int]:
+    """The split of every row of `table` (id, label) as the job makes it, its passes run on
+    the table itself: the counting pass's classes and bins, then `split_points`' histogram and
+    gather passes, then `assign_splits`."""
+    from reviewlm.io.sink import value_counts
+    from reviewlm.train import data
+
+    n = table.num_rows
+    rows = data.training_rows(table.append_column("source", pa.array(["s"] * n)).append_column(
+        "_row", pa.array(range(n))).append_column("_raw", pa.nulls(n, pa.string())).append_column(
+        "_error", pa.nulls(n, pa.string())).append_column("text", pa.array(["t"] * n)), "classify", seed=1)
+    counted = data.counted(rows, "classify", bounds)
+    passes = []
+
+    def histogram(points):
+        passes.append("histogram")
+        counts = data.narrowed(rows, points)
+        return {p: np.array([counts.get((*p, b), 0) for b in range(1 << data.BIN_BITS)]) for p in points}
+
+    def gather(points):
+        passes.append("gather")
+        found = data.gathered(rows, points).to_pylist()
+        return {p: [(r["_h"], r["id"]) for r in found if (r["label"], r["prefix"], r["depth"]) == p] for p in points}
+
+    cuts = data.split_points(value_counts(counted["_class"]), value_counts(counted["_bin"]), bounds, histogram,
+                             gather)
+    split = data.assign_splits(rows, bounds, cuts)
+    return dict(zip(split["id"].to_pylist(), split["split"].to_pylist())), passes.count("histogram")
+
+
+BOUNDS = [("train", 0.0, 0.64), ("eval", 0.64, 0.8), ("test", 0.8, 1.0)]
+
+
+@pytest.mark.parametrize("bits, gather", [(10, 100_000), (2, 5)], ids=["bins gathered", "bins narrowed first"])
+def test_stratified_split_cuts_every_class_in_the_same_proportions(monkeypatch, bits, gather):
+    """Each class cut at ranks round(0.64 n) and round(0.8 n) of its rows in (hash, id) order,
+    exactly, whatever the rows' order; with 4 bins a level and at most 5 rows gathered per bin,
+    bins of more are narrowed by further passes first, to the same split."""
+    from reviewlm.train import data
+
+    monkeypatch.setattr(data, "BIN_BITS", bits)
+    monkeypatch.setattr(data, "GATHER", gather)
+    sizes = {"a": 7, "b": 50, "c": 333, "d": 1, "e": 2}
+    ids = [f"r{i}" for i in range(sum(sizes.values()))]
+    labels = [label for label, n in sizes.items() for _ in range(n)]
+    table = pa.table({"id": ids, "label": labels})
+    split, narrowed = stratified(table, BOUNDS)
+    assert (narrowed > 0) == (gather == 5)
+    for label, n in sizes.items():
+        mine = [i for i, lab in zip(ids, labels) if lab == label]
+        assert Counter(split[i] for i in mine) == {k: v for k, v in {
+            "train": round(0.64 * n), "eval": round(0.8 * n) - round(0.64 * n), "test": n - round(0.8 * n)}.items()
+            if v}
+        order = sorted(mine, key=lambda i: (int(data.split_hash([i], 1)[0]), i))  # the definition, by hand
+        cut = [0, round(0.64 * n), round(0.8 * n), n]
+        assert [split[i] for i in order] == [name for k, (name, _, _) in enumerate(BOUNDS)
+                                             for _ in range(cut[k + 1] - cut[k])]
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    assert stratified(shuffled, BOUNDS)[0] == split
 
 
 def test_relevance_label_depends_on_both_texts():
@@ -72,14 +120,14 @@ def test_relevance_label_depends_on_both_texts():
 
 
 @pytest.mark.slow
-def test_a_pair_classifier_with_the_defaults_learns_relevance(tmp_path):
+def test_a_pair_classifier_with_the_defaults_learns_relevance(ray_cluster, tmp_path):
     """1,000 (query, product title) pairs, 2 epochs, the defaults: clearly above the majority
     class; class names in the model's config, so transformers' pipeline prints them."""
     from transformers import pipeline
 
     write_synth(str(tmp_path / "pairs"), 1000, seed=8, kind="relevance")
-    res = run_cli("train", "--task", "classify", "--data", tmp_path / "pairs", "--output", tmp_path / "o",
-                  "--model", "starter", "--epochs", "2", "--num-cpus", 2, *PAIR, timeout=900)
+    res = run_job("train", "--task", "classify", "--data", tmp_path / "pairs", "--output", tmp_path / "o",
+                  "--model", "starter", "--epochs", "2", *PAIR)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     test = metrics["test"]
@@ -100,12 +148,12 @@ def test_a_pair_classifier_with_the_defaults_learns_relevance(tmp_path):
 
 
 @pytest.mark.slow
-def test_labels_outside_the_list_and_empty_labels_are_quarantined(tmp_path):
+def test_labels_outside_the_list_and_empty_labels_are_quarantined(ray_cluster, tmp_path):
     rows = synth_pairs(240, seed=3).to_pylist()
     rows[0]["esci_label"], rows[1]["esci_label"] = "", None
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
-    res = run_cli("train", "--task", "classify", "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o",
-                  "--model", "tiny", "--epochs", "1", "--num-cpus", 2, "--labels", "Exact,Substitute,Irrelevant",
+    res = run_job("train", "--task", "classify", "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o",
+                  "--model", "tiny", "--epochs", "1", "--labels", "Exact,Substitute,Irrelevant",
                   "--class-weights", "balanced", *PAIR)
     assert res.returncode == 0, res.stderr[-3000:]
     warnings = [line for line in res.stderr.splitlines() if line.startswith("reviewlm: warning: ")]
@@ -130,11 +178,11 @@ def test_labels_outside_the_list_and_empty_labels_are_quarantined(tmp_path):
     (None, [], "the classify task needs --label-column"),
     (None, ["--label-column", "esci_label", "--labels", "Exact"], "give two or more comma-separated class names"),
 ], ids=["missing label column", "one class only", "no label column given", "one label given"])
-def test_classification_input_that_cannot_train_exits_2(tmp_path, edit, labels, message):
+def test_classification_input_that_cannot_train_exits_2(ray_cluster, tmp_path, edit, labels, message):
     rows = [edit(r) if edit else r for r in synth_pairs(100, seed=1).to_pylist()]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_cli("train", "--task", "classify", "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o",
-                  "--model", "tiny", "--num-cpus", 2, *PAIR[:4], *labels)
+    res = run_job("train", "--task", "classify", "--data", tmp_path / "d.jsonl", "--output", tmp_path / "o",
+                  "--model", "tiny", *PAIR[:4], *labels)
     assert res.returncode == 2, res.stderr[-3000:]
     ours = [line for line in res.stderr.splitlines() if line.startswith("reviewlm: error: ")]
     assert len(ours) == 1 and message in ours[0] and "Traceback" not in res.stderr, res.stderr[-3000:]

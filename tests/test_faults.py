@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import subprocess
 import threading
 
 import pandas as pd
@@ -13,7 +12,7 @@ from reviewlm.filters.stage import filter_reviews
 from reviewlm.options import RunOptions
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, FaultyS3, Killer, kill_job_when, run_cli, running_task_pids
+from tests.conftest import BIN, FaultyS3, Killer, kill_job_when, run_cli, run_job, running_task_pids
 
 pytestmark = pytest.mark.slow
 COUNTS = ("rows_read", "kept", "rejected", "quarantined", "filters")
@@ -57,7 +56,7 @@ def s3_corpus(s3):
     return "s3://reviews/flaky/in"
 
 
-def test_transient_s3_errors_are_retried(s3, s3_corpus, tmp_path):
+def test_transient_s3_errors_are_retried(s3, ray_cluster, s3_corpus, tmp_path):
     failed_once, lock = set(), threading.Lock()
 
     def fault(method, path, headers):  # every distinct request to the job's data fails once
@@ -73,7 +72,7 @@ def test_transient_s3_errors_are_retried(s3, s3_corpus, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     methods = {m for m, _, _ in proxy.failed}
     assert {"GET", "PUT"} <= methods and len(proxy.failed) > 10
-    direct = run_cli("filter", s3_corpus, "--output", tmp_path / "direct", "--num-cpus", 2)
+    direct = run_job("filter", s3_corpus, "--output", tmp_path / "direct")
     assert direct.returncode == 0, direct.stderr[-3000:]
     flaky = json.loads(s3.cat("reviews/flaky/out/stats.json"))
     clean = json.loads((tmp_path / "direct" / "stats.json").read_text())
@@ -111,31 +110,30 @@ def files_of(out) -> dict[str, str]:
             if p.is_file() and p.relative_to(out).parts[0] != "_temporary"}
 
 
-def test_a_killed_or_failed_overwrite_leaves_the_old_output_as_it_was(corpus, clean, tmp_path):
+def test_a_killed_or_failed_overwrite_leaves_the_old_output_as_it_was(ray_cluster, corpus, clean, tmp_path):
     """--overwrite swaps: killed mid-write (driver and its Ray) or failing after writing, the
     previous output is intact, `_SUCCESS` included; a finished one replaces it whole."""
     out, small = tmp_path / "out", tmp_path / "small"
     write_synth(str(small), 300, seed=1)
     (tmp_path / "recipe.yaml").write_text(RECIPE)
-    argv = [str(BIN / "reviewlm"), "filter", "--output", str(out), "--recipe", str(tmp_path / "recipe.yaml"),
-            "--num-cpus", "2"]
-    assert subprocess.run(argv + [str(small)], capture_output=True).returncode == 0
+    argv = ["filter", "--output", out, "--recipe", tmp_path / "recipe.yaml"]
+    assert run_job(*argv, small).returncode == 0
     before = files_of(out)
     assert "_SUCCESS" in before and any(name.startswith("kept/") for name in before)
 
-    kill_job_when(argv + [corpus, "--overwrite"], ready=lambda: any(out.glob("_temporary/*/kept/*.parquet")),
-                  timeout=120)
+    kill_job_when([BIN / "reviewlm", *argv, corpus, "--overwrite", "--num-cpus", 2],
+                  ready=lambda: any(out.glob("_temporary/*/kept/*.parquet")), timeout=120)
     assert files_of(out) == before
 
     (tmp_path / "broken.jsonl").write_text("not json\n" * 50)  # fails after its rows were written: nothing readable
-    failed = subprocess.run(argv + [str(tmp_path / "broken.jsonl"), "--overwrite"], capture_output=True, text=True)
+    failed = run_job(*argv, tmp_path / "broken.jsonl", "--overwrite")
     assert failed.returncode == 2 and "could be read" in failed.stderr, failed.stderr[-2000:]
     assert files_of(out) == before
 
-    again = subprocess.run(argv + [corpus, "--resume"], capture_output=True, text=True)
+    again = run_job(*argv, corpus, "--resume")
     assert again.returncode == 2 and "pass --overwrite with --resume" in again.stderr, again.stderr[-2000:]
     # the killed overwrite continues from its ledger, and still swaps at its commit
-    done = subprocess.run(argv + [corpus, "--overwrite", "--resume"], capture_output=True, text=True)
+    done = run_job(*argv, corpus, "--overwrite", "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     same_result(json.loads((out / "stats.json").read_text()), out, clean)
     top = lambda o: {name.split("/")[0] for name in files_of(o)}  # noqa: E731

@@ -18,7 +18,7 @@ from reviewlm.io.readers import check_inputs
 from reviewlm.io.storage import read_success
 from reviewlm.options import RunOptions
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -150,21 +150,21 @@ def test_annotate_mode_keeps_every_row_with_scores(ray_cluster, corpus, tmp_path
     assert (kept.loc[~kept["keep"], "dropped_by"].notna()).all()
 
 
-def test_same_kept_set_with_one_or_two_cpus_and_overwrite(tmp_path):
+def test_same_kept_set_with_one_or_two_cpus_and_overwrite(ray_cluster, tmp_path):
+    """The same rows kept by a job on a Ray of its own with one CPU as on the test run's two."""
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in good_rows(300)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     kept = []
-    for cpus in (1, 2):
+    for cpus, run, own in ((1, run_cli, ["--num-cpus", 1]), (2, run_job, [])):
         out = tmp_path / f"out{cpus}"
-        res = run_cli("filter", data, "--output", out, "--recipe", recipe, "--num-cpus", cpus,
-                      env={"AWS_ENDPOINT_URL": ""})
+        res = run("filter", data, "--output", out, "--recipe", recipe, *own)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "brand" in res.stdout and (out / "_SUCCESS").exists()
         kept.append(sorted(pd.read_parquet(out / "kept")["id"]))
     assert kept[0] == kept[1] and len(kept[0]) > 0
-    res = run_cli("filter", data, "--output", tmp_path / "out1", "--recipe", recipe, "--num-cpus", 1)
+    res = run_job("filter", data, "--output", tmp_path / "out1", "--recipe", recipe)
     assert res.returncode == 2 and "already exists" in res.stderr
 
 

@@ -21,7 +21,7 @@ from reviewlm.io.pieces import plan_pieces
 from reviewlm.io.readers import check_inputs
 from reviewlm.options import RunOptions
 
-from tests.conftest import run_cli
+from tests.conftest import run_job
 
 pytestmark = pytest.mark.slow
 FILTER_DOCS = Path(__file__).parents[1] / "docs" / "filter.md"
@@ -145,9 +145,8 @@ def test_nothing_readable_is_an_error_with_a_hint_locally_and_on_s3(ray_cluster,
     lines = ["text\trating"] + [f"Très bien {i}\t5" for i in range(50)]
     (tmp_path / "excel.tsv").write_bytes(("\n".join(lines) + "\n").encode("utf-16"))
     (tmp_path / "r.yaml").write_text("non_null\n")
-    res = run_cli("filter", tmp_path / "excel.tsv", "--output", tmp_path / "out", "--recipe", tmp_path / "r.yaml",
-                  env={"AWS_ENDPOINT_URL": ""})
-    assert res.returncode == 2 and "Traceback" not in res.stderr  # the one line after Ray's "logs:" line
+    res = run_job("filter", tmp_path / "excel.tsv", "--output", tmp_path / "out", "--recipe", tmp_path / "r.yaml")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("reviewlm: error: nothing in ")
     assert 'all 51 rows quarantined, 51 with "invalid UTF-8 at byte N": ' in res.stderr
     assert "pass --encoding" in res.stderr and not (tmp_path / "out").exists()
@@ -161,26 +160,25 @@ def test_nothing_readable_is_an_error_with_a_hint_locally_and_on_s3(ray_cluster,
     assert not s3.exists("reviews/sc-out")
 
     (tmp_path / "some.jsonl").write_bytes(b'{"text": "fine"}\n' * 16 + b"{broken\n" * 2)
-    res = run_cli("filter", tmp_path / "some.jsonl", "--output", tmp_path / "some", "--recipe", tmp_path / "r.yaml",
-                  env={"AWS_ENDPOINT_URL": ""})
+    res = run_job("filter", tmp_path / "some.jsonl", "--output", tmp_path / "some", "--recipe", tmp_path / "r.yaml")
     assert res.returncode == 0, res.stderr[-2000:]
     assert 'reviewlm: warning: 2 of 18 rows quarantined, 2 with "invalid JSON' in res.stderr
     assert json.loads((tmp_path / "some" / "stats.json").read_text())["quarantined"] == 2
 
 
-def test_train_and_score_read_a_semicolon_cp1252_export(tmp_path):
+def test_train_and_score_read_a_semicolon_cp1252_export(ray_cluster, tmp_path):
     """--delimiter and --encoding reach the train job and the score job's corpus too."""
     rows = ["text;rating"] + [f"Les chaussures Nike sont très {('bien', 'jolies', 'chères')[i % 3]} n°{i};{i % 5 + 1}"
                               for i in range(120)]
     (tmp_path / "export.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode("cp1252"))
-    flags = ["--delimiter", ";", "--encoding", "cp1252", "--num-cpus", 2]
-    res = run_cli("train", "--task", "stars", "--data", tmp_path / "export.csv", "--output", tmp_path / "t",
-                  "--model", "tiny", "--max-steps", 2, "--num-workers", 1, *flags, env={"HF_HUB_OFFLINE": "1"})
+    flags = ["--delimiter", ";", "--encoding", "cp1252"]
+    res = run_job("train", "--task", "stars", "--data", tmp_path / "export.csv", "--output", tmp_path / "t",
+                  "--model", "tiny", "--max-steps", 2, "--num-workers", 1, *flags)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert (metrics["rows"]["read"], metrics["rows"]["quarantined"]) == (120, 0)
-    res = run_cli("score", "--task", "stars", "--model", f"s={tmp_path / 't' / 'model'}", "--corpus",
-                  tmp_path / "export.csv", "--output", tmp_path / "s", *flags, env={"HF_HUB_OFFLINE": "1"})
+    res = run_job("score", "--task", "stars", "--model", f"s={tmp_path / 't' / 'model'}", "--corpus",
+                  tmp_path / "export.csv", "--output", tmp_path / "s", *flags)
     assert res.returncode == 0, res.stderr[-3000:]
     stars = json.loads((tmp_path / "s" / "summary.json").read_text())["models"]["s"]["stars"]
     assert stars["rows"] == 120 and sum(map(sum, stars["confusion_matrix"])) == 120

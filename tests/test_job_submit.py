@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, free_port, kill_tree
 from tests.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
@@ -24,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def ray_head(s3):
-    """`ray start --head --block` in its own process group; only this head is stopped afterwards."""
+    """`ray start --head --block` in its own process group; only this head (and every process
+    under it) is stopped afterwards."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     dashboard = free_port()
     # every fixed default port gets a free one, so a Ray that is already running does not collide
@@ -46,12 +46,8 @@ def ray_head(s3):
             assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
             time.sleep(1)
     yield url, env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    kill_tree(head.pid)  # a SIGTERM'd head takes 30 s to stop
+    head.wait()
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -2,20 +2,30 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_job
 
 pytestmark = pytest.mark.slow
 TINY = ["--model", "tiny", "--rows", "1500", "--max-steps", "3", "--batch-size", "8", "--chunk-size", "32",
         "--num-workers", "1"]
 
 
-def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path):
+def test_demo_runs_every_stage_and_prints_the_comparison(tmp_path, monkeypatch):
+    """The README's demo as a user runs it (Ray's default token authentication on): every
+    stage, progress lines, the comparison, and on the console only the job's own lines; Ray's
+    (its token-authentication notice, its core worker's note on actors) are in its logs folder."""
+    monkeypatch.delenv("RAY_AUTH_MODE")
     res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--num-cpus", "2", "--split-mb", "32", timeout=600,
                   env={"REVIEWLM_PROGRESS_S": "4"})
     assert res.returncode == 0, res.stderr[-3000:]
+    logs = Path(res.stderr.split("Ray logs: ", 1)[1].split(" (--verbose", 1)[0])
+    kept = (logs / "reviewlm-console.log").read_text()
+    assert "Token authentication is enabled" in kept and "core_worker" in kept, kept[-3000:]
+    console = res.stdout + res.stderr
+    assert "Token authentication" not in console and "core_worker" not in console and "warnings.warn" not in console
     for stage in ("[1/6] synthesizing", "[2/6] filtering", "[3/6] fine-tuning v1", "[4/6] fine-tuning v2",
                   "[5/6] scoring", "[6/6] done"):
         assert stage in res.stdout
@@ -51,9 +61,9 @@ def assert_readable(console: str) -> None:
     assert times <= 3, (line, times)
 
 
-def test_a_failing_stage_shows_its_error_in_one_line(tmp_path):
+def test_a_failing_stage_shows_its_error_in_one_line(ray_cluster, tmp_path):
     """Ray is up when training fails: the error still ends the console, alone and readable."""
-    res = run_cli("demo", "--output", tmp_path / "demo", *TINY, "--chunk-size", "100000", "--num-cpus", "2")
+    res = run_job("demo", "--output", tmp_path / "demo", *TINY, "--chunk-size", "100000")
     assert res.returncode == 2, res.stderr[-3000:]
     assert "[3/6] fine-tuning v1" in res.stdout and "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ from reviewlm.recommend.metrics import evaluate, ndcg
 from reviewlm.recommend.rerank import Reranker, class_gains
 from reviewlm.synth import synth_catalog, write_synth
 
-from tests.conftest import assert_one_line, run_cli
+from tests.conftest import assert_one_line, run_job
 from tests.test_score import relevance_model
 
 
@@ -28,16 +28,19 @@ def _table(ids, vectors) -> pa.Table:
 
 def test_block_wise_top_k_equals_a_full_sort_ties_by_id():
     """Integer vectors make exact scores and many ties: the best 7 of 500 products, found block
-    by block (blocks of 37) and merged per query, are a full sort's, ties broken by id."""
+    by block (blocks of 37) and merged as the blocks come, are a full sort's, ties broken by id."""
     rng = np.random.default_rng(0)
     vectors = rng.integers(-2, 3, size=(500, 6)).astype(np.float32)
     queries = rng.integers(-2, 3, size=(4, 6)).astype(np.float32)
     ids = [f"p{i:03d}" for i in rng.permutation(500)]
     table = _table(ids, vectors)
-    parts = pa.concat_tables([R.block_candidates(table.slice(s, 37), queries, 7) for s in range(0, 500, 37)])
+    best = R.TopK(7)
+    for s in range(0, 500, 37):
+        best.add(R.block_candidates(table.slice(s, 37), queries, 7))
+    found = best.result("dense")
     scores = queries @ vectors.T
     for q in range(4):
-        merged = R.best_of(parts.filter(pa.compute.equal(parts["query_index"], q)), 7, "dense")
+        merged = found.filter(pa.compute.equal(found["query_index"], q))
         order = sorted(range(500), key=lambda i: (-scores[q, i], ids[i]))[:7]
         assert merged["product_id"].to_pylist() == [ids[i] for i in order]
         assert merged["dense_score"].to_pylist() == [float(scores[q, i]) for i in order]
@@ -70,7 +73,9 @@ def test_bm25_equals_bm25s_scored_directly():
                       "price": pa.array([None if i % 10 == 0 else p for i, p in enumerate(made["price"].to_pylist())],
                                         pa.float64())})
     needs = ["waterproof boots for snow", "nike running shoes", "the of and"]  # the last: stop words only
-    ours = R.bm25_top(table, needs, 15, max_price=100).to_pandas()
+    best = R.TopK(15)
+    best.add(R.bm25_block(table, needs, 15, max_price=100))
+    ours = best.result("bm25").to_pandas()
     index = bm25s.BM25()
     index.index(bm25s.tokenize(docs, stopwords="en", show_progress=False), show_progress=False)
     price = np.array([np.inf if p is None else p for p in table["price"].to_pylist()])
@@ -236,9 +241,9 @@ def test_hybrid_reranked_under_a_price_limit_reuses_embeddings(shop, dense_run, 
     data, small = shop / "data", tmp_path / "small.jsonl"
     small.write_text("".join(open(data / "catalog.jsonl").readlines()[:8]))
     model = relevance_model(tiny, tmp_path / "rel", 5)
-    res = run_cli("recommend", "--catalog", small, "--queries", data / "needs.txt", "--output", tmp_path / "two",
+    res = run_job("recommend", "--catalog", small, "--queries", data / "needs.txt", "--output", tmp_path / "two",
                   "--retriever", "hybrid", "--embeddings", dense_run[0] / "embeddings", "--reranker", model,
-                  "--max-price", 60, "--order", "price", "--candidates", 20, "--top-k", 12, "--num-cpus", 2)
+                  "--max-price", 60, "--order", "price", "--candidates", 20, "--top-k", 12)
     assert res.returncode == 0, res.stderr[-3000:]
     ranked = pd.read_parquet(tmp_path / "two" / "rankings")
     prices = {json.loads(line)["product_id"]: json.loads(line)["price"] for line in small.read_text().splitlines()}
@@ -252,19 +257,19 @@ def test_hybrid_reranked_under_a_price_limit_reuses_embeddings(shop, dense_run, 
     assert "ranked" in res.stdout and not (tmp_path / "two" / "embeddings").exists()
 
 
-def test_bad_recommend_input_is_one_line(tmp_path):
+def test_bad_recommend_input_is_one_line(ray_cluster, tmp_path):
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text('{"product_id": "p1", "name": "Nike socks"}\n')
     needs = tmp_path / "needs.txt"
     needs.write_text("warm socks\n")
-    res = run_cli("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o")
+    res = run_job("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o")
     assert_one_line(res, "no title column 'title' in")
     assert "--title-column" in res.stderr
     needs.write_text("\n  \n")
-    res = run_cli("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o",
+    res = run_job("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o",
                   "--title-column", "name")
     assert_one_line(res, "holds no query")
-    res = run_cli("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o", "--top-k", 200)
+    res = run_job("recommend", "--catalog", catalog, "--queries", needs, "--output", tmp_path / "o", "--top-k", 200)
     assert_one_line(res, "--top-k must be at most --candidates")
     assert not (tmp_path / "o").exists()
 

@@ -17,7 +17,7 @@ from reviewlm.score.job import score_models
 from reviewlm.score.prompts import gather_prompts, load_word_sets
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, assert_one_line, kill_job_when, run_cli
+from tests.conftest import BIN, assert_one_line, kill_job_when, run_job
 from tests.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
@@ -72,23 +72,23 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
     written = recorded_files(out)
     assert written and not (out / "_SUCCESS").exists() and not (out / "kept").exists()  # nothing published
 
-    assert_one_line(run_cli(*argv[1:]),  # not reused silently
+    assert_one_line(run_job(*argv[1:]),  # not reused silently
                     "pass --overwrite to replace it (an interrupted run: pass --resume to continue it)")
-    assert_one_line(run_cli(*argv[1:-4], "--split-mb", 2, "--resume"),
+    assert_one_line(run_job(*argv[1:-4], "--split-mb", 2, "--resume"),
                     "cannot resume: --split-mb was 1.0 in the interrupted run, now 2.0")
     recipe_file.write_text(RECIPE.replace("0.05", "0.5"))  # the recipe edited since
     try:
-        assert_one_line(run_cli(*argv[1:], "--resume"), "cannot resume: the file --recipe names changed")
+        assert_one_line(run_job(*argv[1:], "--resume"), "cannot resume: the file --recipe names changed")
     finally:
         recipe_file.write_text(RECIPE)
     first = sorted(Path(corpus).glob("*.jsonl"))[0]
     was = first.stat()
     os.utime(first, ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))  # an input written to since
     try:
-        assert_one_line(run_cli(*argv[1:], "--resume"), f"cannot resume: input {first} changed")
+        assert_one_line(run_job(*argv[1:], "--resume"), f"cannot resume: input {first} changed")
     finally:
         os.utime(first, ns=(was.st_atime_ns, was.st_mtime_ns))
-    res = run_cli(*argv[1:-2], "--num-cpus", 1, "--resume")  # where it runs may change
+    res = run_job(*argv[1:-2], "--num-cpus", 1, "--resume")  # where it runs may change
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming: " in res.stdout and "kept" in res.stdout
     resumed = json.loads((out / "stats.json").read_text())
@@ -119,7 +119,7 @@ def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s
             "--recipe", recipe_file, "--split-mb", 0.5, "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: len(s3_markers()) >= 1, timeout=180)
     assert not s3.exists("reviews/resume/out/_SUCCESS")
-    res = run_cli(*argv[1:], "--resume")
+    res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     skipped, planned = map(int, re.search(r"resuming: (\d+) of (\d+) pieces", res.stdout).groups())
     assert 1 <= skipped < planned, res.stdout
@@ -147,7 +147,7 @@ def test_a_killed_score_job_resumes_to_exactly_the_uninterrupted_output(ray_clus
     kill_job_when(argv, ready=lambda: len(local_markers(out, "_ledger/*/*.json")) >= 2, timeout=240)
     written = recorded_files(out, "_ledger/*/*.json")
     assert written and not (out / "_SUCCESS").exists()
-    res = run_cli(*argv[1:], "--resume", timeout=600)
+    res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming m0-p" in res.stdout, res.stdout
     summary, want = (json.loads((o / "summary.json").read_text()) for o in (out, clean))
@@ -169,14 +169,14 @@ def test_a_killed_score_job_resumes_to_exactly_the_uninterrupted_output(ray_clus
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
 
 
-def test_a_killed_pipeline_reuses_its_finished_stages(tmp_path):
+def test_a_killed_pipeline_reuses_its_finished_stages(ray_cluster, tmp_path):
     out = tmp_path / "demo"
     argv = [BIN / "reviewlm", "pipeline", "--demo", "--output", out, *TINY, "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: (out / "train_v1" / "_SUCCESS").exists(), timeout=400)
     assert not (out / "_SUCCESS").exists()
     before = {stage: json.loads((out / stage / "_SUCCESS").read_text())["run_id"]
               for stage in ("corpus", "filter", "train_v1")}
-    res = run_cli(*argv[1:], "--resume", timeout=600)
+    res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in before:
         assert f"reusing {out / stage}: finished" in res.stdout, res.stdout

@@ -16,7 +16,7 @@ from reviewlm.score.prompts import REFERENCE_PROMPTS, expand_templates, load_wor
 from reviewlm.score.scorer import ClassifyScorer, CorpusScorer, MaskScorer, mask_words
 from reviewlm.synth import ESCI, synth_pairs, write_synth
 
-from tests.conftest import assert_one_line, run_cli
+from tests.conftest import assert_one_line, run_job
 
 WORDS = load_word_sets(None)
 PROMPTS = REFERENCE_PROMPTS + ["The [MASK] from [MASK] are great.", "no mask here", "",
@@ -265,9 +265,9 @@ def test_two_pair_classifiers_side_by_side(ray_cluster, tiny, tmp_path):
     confusion plot per model, agreeing with the rows written."""
     write_synth(str(tmp_path / "pairs"), 120, seed=6, kind="relevance")
     models = {"a": relevance_model(tiny, tmp_path / "a", 1), "b": relevance_model(tiny, tmp_path / "b", 2)}
-    res = run_cli("score", "--task", "classify", "--model", f"a={models['a']}", "--model", f"b={models['b']}",
+    res = run_job("score", "--task", "classify", "--model", f"a={models['a']}", "--model", f"b={models['b']}",
                   "--corpus", tmp_path / "pairs", "--text-column", "query", "--text-pair-column", "product_title",
-                  "--label-column", "esci_label", "--output", tmp_path / "out", "--num-cpus", 2)
+                  "--label-column", "esci_label", "--output", tmp_path / "out")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     rows = pd.read_parquet(tmp_path / "out" / "labels")
@@ -305,5 +305,5 @@ def test_report_renders_in_headless_chromium(ray_cluster, tiny, tmp_path):
     (["--model", "../../x=tiny"], "model name '../../x'"),
     (["--model", "x=tiny", "--prompts", "/no/such/prompts.txt"], "cannot read prompts"),
 ])
-def test_bad_score_input_exits_2(argv, message, tmp_path):
-    assert_one_line(run_cli("score", *argv, "--output", tmp_path / "o"), message)
+def test_bad_score_input_exits_2(ray_cluster, argv, message, tmp_path):
+    assert_one_line(run_job("score", *argv, "--output", tmp_path / "o"), message)

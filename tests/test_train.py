@@ -12,11 +12,12 @@ import torch
 from reviewlm.metrics import confusion_matrix, star_metrics
 from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
-from reviewlm.train.data import mask_eval_blocks, split_bucket, split_rows, tally, tokenize_and_chunk, training_rows
+from reviewlm.train.data import counted, split_bucket, split_rows, tokenize_and_chunk, training_rows
 from reviewlm.train.job import TrainArgs, train_model
 from reviewlm.train.loop import MLMCollate
+from reviewlm.train.masking import mask_eval_blocks
 
-from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, registered, run_cli
+from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_when, registered, run_job
 
 
 @pytest.fixture(scope="module")
@@ -178,20 +179,23 @@ def test_masked_lm_keeps_a_dense_embedding_gradient():
 def test_streamed_splits_and_counts_are_the_materialized_ones(corpus, tok):
     """What streaming computes per batch: each split's rows, and the tokens the chunker cuts."""
     import pyarrow as pa
+    from reviewlm.io.sink import value_counts
 
     rows = pd.concat(pd.read_json(f, lines=True, dtype={"id": str}) for f in Path(corpus).glob("*.jsonl"))
     batch = training_rows(pa.table({"id": rows["id"], "text": rows["text"], "source": ["s"] * len(rows),
                                     "_row": range(len(rows)), "_raw": [None] * len(rows),
-                                    "_error": pa.nulls(len(rows), pa.string())}), "mlm")
+                                    "_error": pa.nulls(len(rows), pa.string())}), "mlm", seed=42)
     bounds = [("eval", 0.0, 0.1), ("train", 0.1, 1.0)]
     u = split_bucket(rows["id"].tolist(), 42)
-    counts = tally(batch, bounds, 42, tok).to_pylist()[0]
+    counts = counted(batch, "mlm", bounds, tok)
     for name, lo, hi in bounds:
-        kept = split_rows(batch, name, bounds, 42)
-        assert kept["id"].to_pylist() == rows["id"][(u >= lo) & (u < hi)].tolist() and counts[name] == len(kept)
-    texts = split_rows(batch, "train", bounds, 42)["text"].to_numpy(zero_copy_only=False)
-    assert counts["train_tokens"] // 32 == len(tokenize_and_chunk({"text": texts}, tok, 32)["input_ids"])
-    assert counts["read"] == len(rows) and counts["quarantined"] == 0
+        kept = split_rows(batch, name, bounds)
+        assert kept["id"].to_pylist() == rows["id"][(u >= lo) & (u < hi)].tolist()
+        assert value_counts(counts["_class"])[name] == len(kept)
+    texts = split_rows(batch, "train", bounds)["text"].to_numpy(zero_copy_only=False)
+    tokens = pa.compute.sum(counts["_tokens"]).as_py()
+    assert tokens // 32 == len(tokenize_and_chunk({"text": texts}, tok, 32)["input_ids"])
+    assert counts.num_rows == len(rows) and counts["error"].null_count == len(rows)
 
 
 def test_star_metrics_by_hand():
@@ -346,7 +350,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpu
 
 
 @pytest.mark.slow
-def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
+def test_a_training_job_killed_as_a_whole_resumes(ray_cluster, mlm_run, corpus, tmp_path):
     steps = mlm_run[1].epochs[0].step
     out = tmp_path / "killed"
     argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", FAULT_EPOCHS,
@@ -354,9 +358,9 @@ def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     kill_job_when(argv, ready=lambda: registered(out) >= 1)
     assert not (out / "_SUCCESS").exists() and not (out / "model").exists()
     # resumes from the last checkpoint the killed run registered, not from scratch
-    res = run_cli(*argv[1:])
+    res = run_job(*argv[1:])
     assert res.returncode == 2 and "already exists" in res.stderr
-    res = run_cli(*argv[1:], "--resume")
+    res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     [restart] = metrics["restarts"]
@@ -369,7 +373,7 @@ def test_a_training_job_killed_as_a_whole_resumes(mlm_run, corpus, tmp_path):
     before = {p: p.read_bytes() for p in [out / "metrics.json", out / "_SUCCESS", *(out / "model").iterdir()]}
     kill_job_when(argv + ["--overwrite"], ready=lambda: any(registered(d) for d in out.glob("_temporary/*")))
     assert {p: p.read_bytes() for p in before} == before
-    res = run_cli(*argv[1:], "--overwrite", "--resume")
+    res = run_job(*argv[1:], "--overwrite", "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     replaced = json.loads((out / "metrics.json").read_text())
     [restart] = replaced["restarts"]
@@ -416,25 +420,22 @@ def test_star_classifier_with_the_defaults_learns_from_1000_reviews(ray_cluster,
     (["--task", "stars", "--streaming", "on"], "--streaming is for the mlm task"),
     (["--data", "s3://no-such-bucket/reviews/"], "no-such-bucket"),
 ])
-def test_bad_training_input_exits_2(s3, corpus, tmp_path, argv, message):
-    res = run_cli("train", "--data", corpus, "--output", tmp_path / "o", "--model", "tiny", *argv,
-                  env={"HF_HUB_OFFLINE": "1"})
-    assert_one_line(res, message)
+def test_bad_training_input_exits_2(ray_cluster, corpus, tmp_path, argv, message):
+    assert_one_line(run_job("train", "--data", corpus, "--output", tmp_path / "o", "--model", "tiny", *argv), message)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rows, argv, message", [
     ([{"id": i, "text": "Nike shoes are great", "rating": 5} for i in "abc"], [], "split is empty"),  # all train
     ([{"text": "Nike shoes are great", "rating": r} for r in (0, 7, 9)] * 20, ["--task", "stars"],
-     "no usable training rows"),
+     "nothing in the training data could be read: all 60 rows quarantined"),
     ([{"id": f"r{i}", "text": f"Nike shoes number {i} are great"} for i in range(60)], ["--chunk-size", "64"],
      "the eval text makes no block of --chunk-size 64 tokens"),
 ], ids=["empty split", "ratings outside 1-5", "eval split shorter than a block"])
-def test_training_data_that_cannot_train_exits_2(tmp_path, rows, argv, message):
+def test_training_data_that_cannot_train_exits_2(ray_cluster, tmp_path, rows, argv, message):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_cli("train", "--data", data, "--output", tmp_path / "o", "--model", "tiny", "--num-cpus", 2,
-                  *argv, env={"HF_HUB_OFFLINE": "1"})
+    res = run_job("train", "--data", data, "--output", tmp_path / "o", "--model", "tiny", *argv)
     assert res.returncode == 2, res.stderr[-3000:]
     ours = [line for line in res.stderr.splitlines() if line.startswith("reviewlm: error: ")]
     assert len(ours) == 1 and message in ours[0] and "Traceback" not in res.stderr  # among Ray's log lines
