@@ -1,0 +1,105 @@
+"""What a small job costs: each job on a tiny input as a whole process, over a bare
+`ray.init(); ray.shutdown()` timed in the same run, and the passes Ray Data made for it.
+
+    .venv/bin/python bench/fixed_cost.py [--repeat 3]
+
+Inputs, made once: 1,000 synthesized reviews; a 200-product catalogue with its 22 needs,
+reviews and judgments (`synth --kind catalog`); 2 prompts; the offline `tiny` model. Each job
+runs as `reviewlm ... --num-cpus 2` (a local Ray of its own), with the defaults otherwise:
+`filter` (the reference recipe), `train --model tiny --max-steps 2` (masked LM, and the 1-5
+star classifier), `score --model t=tiny --prompts` and `recommend` (the `starter` encoder,
+with reviews and judgments). The runs are interleaved, `--repeat` times; the medians are
+reported, and each job's ratio to the bare start.
+
+From each job's Ray Data log (`ray-data.log` of its session): the executions (each a pass
+over some data), the all-to-all steps among them (shuffles: group-by, join, sort, hash
+aggregate, repartition; whatever their size they cost seconds on Ray 2.60) and the `count()`s.
+
+Goals (issue 36): filter <= 2.0x, score <= 2.5x, train <= 4x, recommend <= 3x the bare start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+BARE = "import ray; ray.init(num_cpus=2, include_dashboard=False); ray.shutdown()"
+GOALS = {"filter": 2.0, "score": 2.5, "train": 4.0, "recommend": 3.0}
+SHUFFLES = re.compile(r"ShuffleReduceOp\[|AllToAllOperator\[(?!RandomizeBlockOrder)")
+
+
+def jobs(data: Path, out: Path) -> dict[str, list[str]]:
+    shop = data / "shop"
+    return {
+        "filter": ["filter", data / "reviews", "--output", out / "filter"],
+        "train": ["train", "--data", data / "reviews", "--model", "tiny", "--max-steps", 2, "--output", out / "train"],
+        "train (stars)": ["train", "--task", "stars", "--data", data / "reviews", "--model", "tiny", "--max-steps", 2,
+                          "--output", out / "stars"],
+        "score": ["score", "--model", "t=tiny", "--prompts", data / "prompts.txt", "--output", out / "score"],
+        "recommend": ["recommend", "--catalog", shop / "catalog.jsonl", "--queries", shop / "needs.txt", "--reviews",
+                      shop / "reviews.jsonl", "--judgments", shop / "judgments.jsonl", "--output", out / "recommend"],
+    }
+
+
+def prepare(data: Path) -> None:
+    reviewlm = str(BIN / "reviewlm")
+    subprocess.run([reviewlm, "synth", "--rows", "1000", "--output", str(data / "reviews")], env=ENV, check=True,
+                   capture_output=True)
+    subprocess.run([reviewlm, "synth", "--kind", "catalog", "--rows", "200", "--output", str(data / "shop")], env=ENV,
+                   check=True, capture_output=True)
+    (data / "prompts.txt").write_text("Nike shoes are very [MASK].\nNike t-shirts are famous for being [MASK].\n")
+    subprocess.run([str(BIN / "python"), "-c", "from reviewlm.models import resolve_model; resolve_model('tiny')"],
+                   env=ENV, check=True)
+
+
+def timed(argv: list) -> float:
+    start = time.perf_counter()
+    res = subprocess.run(list(map(str, argv)), env=ENV, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"{' '.join(map(str, argv))} failed:\n{res.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def passes() -> dict[str, int]:
+    """Executions, all-to-all steps and count()s in the latest Ray session's Ray Data log."""
+    log = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs" / "ray-data" / "ray-data.log"
+    plans = re.findall(r"Execution plan of Dataset [^:]*: (.*)", log.read_text()) if log.exists() else []
+    return {"executions": len(plans), "all-to-all": sum(len(SHUFFLES.findall(p)) for p in plans),
+            "count()": sum(p.count("AggregateNumRows[") for p in plans)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="reviewlm-fixed-"))
+    prepare(root)
+    times: dict[str, list[float]] = {"bare start": []}
+    steps = {}
+    for r in range(args.repeat):
+        times["bare start"].append(timed([BIN / "python", "-c", BARE]))
+        for name, argv in jobs(root, root / f"out{r}").items():
+            times.setdefault(name, []).append(timed([BIN / "reviewlm", *argv, "--num-cpus", 2]))
+            steps[name] = passes()
+    bare = statistics.median(times["bare start"])
+    print(f"{'job':<15}{'median s':>9}{'x bare':>8}{'goal':>7}{'passes':>8}{'all-to-all':>12}{'count()':>9}  runs")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        goal = GOALS.get(name.split(" ")[0]) if name != "bare start" else None
+        s = steps.get(name, {})
+        print(f"{name:<15}{median:>9.1f}{median / bare:>8.2f}{(f'{goal:.1f}' if goal else ''):>7}"
+              f"{s.get('executions', ''):>8}{s.get('all-to-all', ''):>12}{s.get('count()', ''):>9}  "
+              + ", ".join(f"{t:.1f}" for t in runs), flush=True)
+
+
+if __name__ == "__main__":
+    main()
