@@ -92,7 +92,7 @@ def test_the_filter_job_survives_a_lost_node(two_nodes, tmp_path):
 
 def test_scoring_survives_a_lost_node(two_nodes, tmp_path):
     address, second = two_nodes
-    n = 40_000
+    n = 20_000
     (tmp_path / "prompts.txt").write_text("".join(f"Nike shoe model {i} is very [MASK].\n" for i in range(n)))
     job = subprocess.Popen([str(BIN / "reviewlm"), "score", "--model", "tiny", "--prompts",
                             str(tmp_path / "prompts.txt"), "--output", str(tmp_path / "out"), "--top-k", "3",
@@ -113,7 +113,7 @@ def test_streaming_training_survives_a_lost_node(three_nodes, tmp_path):
     """The node the workers train on is lost once a checkpoint is registered: training goes
     on on another node from that checkpoint (storage both see), reading its data anew."""
     address, markers = three_nodes
-    write_synth(str(tmp_path / "in"), 3000, seed=5, shards=4)
+    write_synth(str(tmp_path / "in"), 1200, seed=5, shards=4)
     out, epochs = tmp_path / "out", 6
     job = subprocess.Popen([str(BIN / "reviewlm"), "train", "--data", str(tmp_path / "in"), "--output", str(out),
                             "--model", "tiny", "--epochs", str(epochs), "--batch-size", "16", "--lr", "1e-3",

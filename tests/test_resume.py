@@ -135,7 +135,7 @@ def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s
 
 def test_a_killed_score_job_resumes_to_exactly_the_uninterrupted_output(ray_cluster, tiny, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"review {i}: the shoes are [MASK] and the fit is [MASK].\n" for i in range(2000)))
+    prompts.write_text("".join(f"review {i}: the shoes are [MASK] and the fit is [MASK].\n" for i in range(1200)))
     write_synth(str(tmp_path / "corpus"), 300, seed=10)
     reviews = str(tmp_path / "corpus")
     clean = tmp_path / "clean"

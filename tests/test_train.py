@@ -331,7 +331,7 @@ def test_streaming_trains_every_block_each_epoch_and_reports_true_eval_losses(ml
     assert before == pytest.approx(metrics.before.eval_loss, rel=0.02)
 
 
-FAULT_EPOCHS = 8  # the faults strike once a checkpoint is registered: epochs remain to catch a worker in
+FAULT_EPOCHS = 5  # the faults strike once a checkpoint is registered: epochs remain to catch a worker in
 
 
 @pytest.mark.slow
