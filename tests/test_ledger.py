@@ -44,15 +44,16 @@ def test_recover_reads_markers_and_removes_files_no_marker_names(tmp_path):
         for tag in ("x-00000", "x-00001", "y-00000"):
             (tmp_path / route / f"part-{tag}.parquet").write_bytes(b"data")
     write_marker(str(tmp_path / "_ledger"), "x-00000", ["kept/part-x-00000.parquet", "rejected/part-x-00000.parquet"],
-                 {"f": [[0, 10]]}, {"kept": 7, "rejected": 3}, {"dropped_by": {"sentiment": 3}})
+                 {"f": [[0, 10]]}, {"kept": 7, "rejected": 3}, {"dropped_by": {"sentiment": 3}}, {"m\x00n": 2**1200})
     write_marker(str(tmp_path / "_ledger"), "y-00000", ["kept/part-y-00000.parquet"], {"f": [[10, 12]], "g": [[0, 1]]},
-                 {"kept": 3}, {"dropped_by": {}})
+                 {"kept": 3}, {"dropped_by": {}}, {"m\x00n": 1})
     (tmp_path / "_ledger" / ".x-00001.json").write_text('{"files": [')  # a marker never renamed into place
     done = recover(str(tmp_path), ["kept", "rejected"])
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*.parquet")) == [
         "kept/part-x-00000.parquet", "kept/part-y-00000.parquet", "rejected/part-x-00000.parquet"]
     assert done.tasks == 2 and done.rows == {"kept": 10, "rejected": 3} and done.total == 13
     assert done.counted["dropped_by"] == {"sentiment": 3} and done.ranges["f"].tolist() == [[0, 12]]
+    assert done.summed == {"m\x00n": 2**1200 + 1}  # exact sums are big whole numbers: kept whole
 
 
 def test_a_unit_recovers_only_its_own_files(tmp_path):
@@ -60,7 +61,7 @@ def test_a_unit_recovers_only_its_own_files(tmp_path):
     for name in ("part-m0-p-a-00000", "part-m0-p-b-00000", "part-m1-p-a-00000"):
         (tmp_path / "masks" / f"{name}.parquet").write_bytes(b"data")
     write_marker(str(tmp_path / "_ledger" / "m0-p"), "m0-p-a-00000", ["masks/part-m0-p-a-00000.parquet"],
-                 {"": [[0, 5]]}, {"masks": 5}, {})
+                 {"": [[0, 5]]}, {"masks": 5}, {}, {})
     assert recover(str(tmp_path), ["masks"], "m0-p").total == 5
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
         "part-m0-p-a-00000.parquet", "part-m1-p-a-00000.parquet"]

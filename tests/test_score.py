@@ -105,18 +105,34 @@ def test_substitutions_rank_rises_and_falls():
 
 
 def test_the_summary_does_not_depend_on_the_order_rows_were_written_in():
-    """Actors write their blocks in any order: the means are exact, so every order gives the same bits."""
-    from reviewlm.score.metrics import prompt_summary
+    """Actors write their blocks in any order, and each write task sums its own: the sums are
+    exact, so any cut into blocks in any order gives the same bits, those of math.fsum."""
+    import math
+    from collections import Counter
+
+    from reviewlm.score.metrics import prompt_summary, summary_sums
 
     rng = np.random.default_rng(0)
     values = rng.random((5000, 5)) * np.logspace(-8, 0, 5000)[:, None]
-    masks = pd.DataFrame(values[:, :4], columns=["wanted_share", "unwanted_share", "wanted_mass", "unwanted_mass"])
-    masks["model"], masks["first_wanted_rank"] = "m", 1
-    prompts = pd.DataFrame({"model": "m", "error": None, "filled_vader": values[:, 4] - 0.5})
-    summaries = [prompt_summary(masks.iloc[order], prompts.iloc[order])
-                 for order in [np.arange(5000), np.arange(5000)[::-1], rng.permutation(5000)]]
+    masks = pa.table({**{name: values[:, k] for k, name in enumerate(["wanted_share", "unwanted_share",
+                                                                      "wanted_mass", "unwanted_mass"])},
+                      "model": ["m"] * 5000, "first_wanted_rank": rng.integers(1, 50, 5000),
+                      "_route": ["masks"] * 5000})
+    prompts = pa.table({"model": ["m"] * 5000, "error": pa.nulls(5000, pa.string()),
+                        "filled_vader": values[:, 4] - 0.5, "_route": ["prompts"] * 5000})
+    rows = pa.concat_tables([masks, prompts], promote_options="default")
+    summaries = []
+    for order, size in [(np.arange(10000), 10000), (np.arange(10000)[::-1], 333), (rng.permutation(10000), 1000)]:
+        shuffled = rows.take(order)
+        sums = Counter()
+        for i in range(0, 10000, size):
+            sums.update(summary_sums(shuffled.slice(i, size)))
+        summaries.append(prompt_summary(sums, ["m"]))
     assert summaries[0] == summaries[1] == summaries[2]
-    assert summaries[0]["m"].wanted_share == pytest.approx(masks["wanted_share"].mean(), rel=1e-12)
+    m = summaries[0]["m"]
+    assert m.wanted_share == math.fsum(values[:, 0]) / 5000 and m.masks_scored == m.prompts_scored == 5000
+    assert m.mean_filled_vader == math.fsum(values[:, 4] - 0.5) / 5000
+    assert m.median_first_wanted_rank == float(np.median(masks["first_wanted_rank"].to_numpy()))
 
 
 def test_templates_models_and_word_sets(tmp_path):
@@ -160,6 +176,46 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
     assert "data:image/png;base64," in html and "offline starter" in html and "no mask here" in html
     assert (out / "report.md").exists() and (out / "summary.png").stat().st_size > 5000
     assert len(list(out.glob("topk_*.png"))) == 5 and (out / "_SUCCESS").exists()
+
+
+def scoring_tasks_finished() -> int:
+    from ray.util.state import list_tasks
+
+    return sum("MaskScorer" in t.name for t in list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000))
+
+
+@pytest.mark.slow
+def test_scored_rows_are_written_while_the_actors_score(ray_cluster, tiny, tmp_path, monkeypatch):
+    """Two actors hold both CPUs; the writes, which need none, take the scored blocks as they
+    come: the first prompts are on storage while most blocks are still to be scored (a write
+    that waits for a CPU gets one once every block is handed out, near the end), and the
+    progress lines count them."""
+    import re
+    import threading
+
+    n = 24_000
+    (tmp_path / "p.txt").write_text("".join(f"Shoe {i} is very [MASK].\n" for i in range(n)))
+    out, seen, stop = tmp_path / "out", [], threading.Event()
+
+    def watch():
+        while not stop.wait(0.2):
+            if any(out.glob("_temporary/*/prompts/*.parquet")):
+                seen.append(scoring_tasks_finished())
+                return
+
+    before = scoring_tasks_finished()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    monkeypatch.setenv("REVIEWLM_PROGRESS_S", "0.5")
+    res = run_job("score", "--model", "t=tiny", "--prompts", tmp_path / "p.txt", "--output", out, "--top-k", 3)
+    stop.set()
+    watcher.join()
+    assert res.returncode == 0, res.stderr[-3000:]
+    total = scoring_tasks_finished() - before
+    assert seen and seen[0] - before <= total / 2, (seen, before, total)
+    done = [int(m.replace(",", "")) for m in re.findall(r"scoring t: ([\d,]+)/24,000 prompts \(", res.stdout)]
+    assert any(0 < d < n for d in done), res.stdout
+    assert len(pd.read_parquet(out / "prompts")) == n
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ class Done:
     ranges: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (n, 2) merged [start, end)
     rows: Counter = field(default_factory=Counter)  # per route
     counted: dict[str, Counter] = field(default_factory=dict)  # per count column, per value
+    summed: Counter = field(default_factory=Counter)  # the write's `sums`
     files: set[str] = field(default_factory=set)  # route/name, relative to the output
     tasks: int = 0
 
@@ -105,10 +106,11 @@ def read_record(folder_uri: str, name: str) -> dict | None:
     return json.loads(fs.cat(f"{path}/{name}.json")) if fs.exists(f"{path}/{name}.json") else None
 
 
-def write_marker(ledger_uri: str, tag: str, files: list[str], ranges: dict, rows: dict, counted: dict) -> None:
-    """Record a write task's files (relative to the output), rows and counts."""
+def write_marker(ledger_uri: str, tag: str, files: list[str], ranges: dict, rows: dict, counted: dict,
+                 summed: dict) -> None:
+    """Record a write task's files (relative to the output), rows, counts and sums."""
     write_record(ledger_uri, tag, {"files": files, "keys": ranges, "rows": rows,
-                                   "counted": {c: dict(n) for c, n in counted.items()}})
+                                   "counted": {c: dict(n) for c, n in counted.items()}, "summed": dict(summed)})
 
 
 def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
@@ -129,6 +131,7 @@ def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
         done.rows.update(record["rows"])
         for column, values in record["counted"].items():
             done.counted.setdefault(column, Counter()).update(values)
+        done.summed.update(record.get("summed", {}))
         for group, ranges in record["keys"].items():
             spans.setdefault(group, []).extend(ranges)
     done.ranges = {g: _merged(np.array(r, dtype=np.int64).reshape(-1, 2)) for g, r in spans.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -93,12 +94,17 @@ def write_quarantine(rows: ray.data.Dataset, uri: str, counts: tuple[str, ...] =
     usable rows per value of each `counts` column, nulls left out; the sum of each `sums`
     column). The driver adds up those counts: no shuffle."""
     sink = RoutedParquetSink(uri, {"quarantine": QUARANTINE_SCHEMA}, route_column=ROUTE,
-                             count_columns=(KIND, ROUTE, *counts), sum_columns=sums)
+                             count_columns=(KIND, ROUTE, *counts), sums=partial(column_sums, columns=sums))
     rows.map_batches(_routed, fn_kwargs={"columns": counts + sums}, batch_format="pyarrow",
                      batch_size=None).write_datasink(sink, **write_args)
     counted = sink.result["counted"]
     return Quarantined(read=sum(counted[ROUTE].values()), kinds=dict(counted[KIND]),
                        counted={c: dict(counted[c]) for c in counts}, summed=dict(sink.result["summed"]))
+
+
+def column_sums(block: pa.Table, columns: tuple[str, ...]) -> dict[str, int]:
+    """The sum of each of `columns` (whole numbers) over a block."""
+    return {c: pc.sum(block[c]).as_py() or 0 for c in columns}
 
 
 def _routed(batch: pa.Table, columns: tuple[str, ...]) -> pa.Table:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
+from ray.data.datasource.datasink import WriteResult
 
 from reviewlm.io.ledger import Done, Keys, ledger_path, write_marker
 from reviewlm.io.storage import arrow_filesystem, filesystem
@@ -22,8 +23,9 @@ class RoutedParquetSink(Datasink):
 
     `routes` maps a route name to the columns written for it (in that order; missing
     columns are written as nulls of the given type). Each write task returns the rows it
-    wrote per route, for each of `count_columns` the counts of its non-null values, and for
-    each of `sum_columns` the sum of its values.
+    wrote per route, for each of `count_columns` the counts of its non-null values, and the
+    sum over its blocks of `sums(block)` (a mapping of whole numbers: counts, or exact sums,
+    reviewlm.tally.exact_sum).
     Each block's rows (of route `tally_route` only, when given) are added to `tally`
     (reviewlm.progress) as it is written.
 
@@ -34,14 +36,14 @@ class RoutedParquetSink(Datasink):
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
-                 count_columns: tuple[str, ...] = (), sum_columns: tuple[str, ...] = (), prefix: str = "",
+                 count_columns: tuple[str, ...] = (), sums=None, prefix: str = "",
                  tally=None, tally_route: str | None = None, keys: Keys | None = None, done: Done | None = None,
                  unit: str = ""):
         self.base_uri, self.routes, self.prefix = base_uri.rstrip("/"), routes, prefix
         self.tally, self.tally_route = tally, tally_route
-        self.route_column, self.count_columns, self.sum_columns = route_column, count_columns, sum_columns
+        self.route_column, self.count_columns, self.sums = route_column, count_columns, sums
         self.keys, self.done, self.unit = keys, done or Done(), unit
-        self.result = {"rows": {}, "counted": {c: {} for c in count_columns}, "summed": dict.fromkeys(sum_columns, 0)}
+        self.on_write_complete(WriteResult(0, 0, []))  # what earlier runs wrote, should no task write now
 
     def write(self, blocks, ctx) -> dict:
         fs, base = filesystem(self.base_uri)
@@ -49,7 +51,7 @@ class RoutedParquetSink(Datasink):
         writers: dict[str, pq.ParquetWriter] = {}
         rows: Counter = Counter()
         counted = {c: Counter() for c in self.count_columns}
-        summed = dict.fromkeys(self.sum_columns, 0)
+        summed: Counter = Counter()
         tag = f"{self.prefix}{ctx.task_idx:05d}"
         written = []  # the key columns of the rows written, for the ledger
         try:
@@ -58,8 +60,8 @@ class RoutedParquetSink(Datasink):
                     continue
                 for c in self.count_columns:
                     counted[c].update(value_counts(block[c]))
-                for c in self.sum_columns:
-                    summed[c] += pc.sum(block[c]).as_py() or 0
+                if self.sums is not None:
+                    summed.update(self.sums(block))
                 for route, schema in self.routes.items():
                     part = block.filter(pc.equal(block[self.route_column], route))
                     if part.num_rows == 0:
@@ -79,25 +81,25 @@ class RoutedParquetSink(Datasink):
             if self.keys is not None and written:
                 files = [f"{route}/part-{tag}.parquet" for route in writers]
                 write_marker(f"{self.base_uri}/{ledger_path(self.unit)}", tag, files,
-                             self.keys.ranges(pa.concat_tables(written)), dict(rows), counted)
+                             self.keys.ranges(pa.concat_tables(written)), dict(rows), counted, summed)
         except PermissionError as exc:  # name the place: the storage error alone does not
             raise PermissionError(f"writing {self.base_uri}: {exc}") from None
         finally:
             for w in writers.values():
                 w.close()  # a no-op when closed
-        return {"rows": dict(rows), "counted": counted, "summed": summed}
+        return {"rows": dict(rows), "counted": counted, "summed": dict(summed)}
 
     def on_write_complete(self, write_result):
         rows: Counter = Counter(self.done.rows)
         counted = {c: Counter(self.done.counted.get(c, {})) for c in self.count_columns}
-        summed = dict.fromkeys(self.sum_columns, 0)
+        summed: Counter = Counter(self.done.summed)
         for r in write_result.write_returns:
             rows.update(r["rows"])
             for c in self.count_columns:
                 counted[c].update(r["counted"][c])
-            for c in self.sum_columns:
-                summed[c] += r["summed"][c]
-        self.result = {"rows": dict(rows), "counted": {c: dict(n) for c, n in counted.items()}, "summed": summed}
+            summed.update(r["summed"])
+        self.result = {"rows": dict(rows), "counted": {c: dict(n) for c, n in counted.items()},
+                       "summed": dict(summed)}
 
 
 def value_counts(values: pa.ChunkedArray | pa.Array) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 
 import pandas as pd
@@ -27,6 +28,9 @@ from reviewlm.score import scorer as S
 from reviewlm.score.prompts import Prompts
 
 SUBSTITUTION_PROMPTS = 20
+# Writes take no CPU: scored rows go to storage as they come, while the actors hold every CPU
+# (a write task waiting for a CPU would hold every scored block in the object store until the end)
+WRITES = {"ray_remote_args": {"num_cpus": 0}}
 
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -138,6 +142,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         routes = {"predictions": S.PREDICTIONS, "masks": S.MASKS, "prompts": S.PROMPTS,
                   "corpus": S.CORPUS, "labels": S.LABELS}
         unscored = _quarantine(texts, columns, run, out, f"the corpus {corpus[0]}") if corpus else None
+        sums: Counter = Counter()  # what every write task summed for summary.json
         for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
             done = _resumed(out, f"m{i}-p", routes) if task == "mlm" else Done()
             todo = len(prompts) - done.total if task == "mlm" else 0
@@ -152,9 +157,12 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                               compute=TaskPoolStrategy(size=actors.size)).map_batches(
                         S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=actors.size), **actors.resources,
-                    ).write_datasink(RoutedParquetSink(
-                        out.tmp_uri(), routes, prefix=f"m{i}-p-{attempt}-", tally=tally, tally_route="prompts",
-                        keys=Keys("prompt_index"), done=done, unit=f"m{i}-p"))
+                    ).write_datasink(sink := RoutedParquetSink(
+                        out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"m{i}-p-{attempt}-", tally=tally,
+                        tally_route="prompts", keys=Keys("prompt_index"), done=done, unit=f"m{i}-p"), **WRITES)
+                sums.update(sink.result["summed"])
+            else:
+                sums.update(done.summed)
             if corpus:
                 done = _resumed(out, f"m{i}-c", routes)
                 meter = Meter(f"scoring {name} on the corpus", key="bytes", unit="MB", scale=1e6,
@@ -170,15 +178,16 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                                                  batch_format="numpy",
                                                  compute=ActorPoolStrategy(size=corpus_pool.size),
                                                  **corpus_pool.resources)
-                    scored.write_datasink(RoutedParquetSink(
-                        out.tmp_uri(), routes, prefix=f"m{i}-c-{attempt}-", tally=tally,
+                    scored.write_datasink(sink := RoutedParquetSink(
+                        out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"m{i}-c-{attempt}-", tally=tally,
                         tally_route="corpus" if task == "mlm" else "labels", keys=Keys("_row", "source"), done=done,
-                        unit=f"m{i}-c"))
+                        unit=f"m{i}-c"), **WRITES)
+                sums.update(sink.result["summed"])
         if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
             for i in range(len(models)):
                 for unit in (f"m{i}-p", f"m{i}-c"):
                     recover(out.tmp_uri(), list(routes), unit)
-        summary = _summary(out, models, paths, classes, task, word_sets)
+        summary = _summary(out, models, paths, classes, task, word_sets, sums)
         if corpus:
             summary = replace(summary, corpus_quarantined=unscored.quarantined)
         from reviewlm.report.render import write_report
@@ -200,25 +209,22 @@ def _class_names(paths: dict[str, str], task: str) -> dict[str, list[str]]:
     return {name: S.class_names(AutoConfig.from_pretrained(path), task) for name, path in paths.items()}
 
 
-def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict) -> ScoreResult:
-    """summary.json, from the columns each figure needs: the driver never holds a whole output."""
+def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict,
+             sums: Counter) -> ScoreResult:
+    """summary.json, from what the write tasks summed (`sums`, score.metrics.summary_sums); the
+    driver reads only the invalid prompts and the few prompts substitutions are shown for."""
     from transformers import AutoTokenizer
 
-    masks = _read(out, "masks", ["model", "prompt_index", "wanted_share", "unwanted_share", "wanted_mass",
-                                 "unwanted_mass", "first_wanted_rank"])
-    prompts = _read(out, "prompts", ["model", "error", "filled_vader"])
-    scored = {"prompts": M.prompt_summary(masks, prompts) if len(masks) else {}}
+    names = list(models)
+    scored = {"prompts": M.prompt_summary(sums, names), "corpus": M.corpus_summary(sums, names),
+              "labels": M.labels_summary(sums, classes, stars=task == "stars")}
     invalid = _read(out, "prompts", ["model", "prompt_index", "prompt", "error"],
-                    filters=[("model", "==", next(iter(models))), ("error", "!=", "")]) if len(prompts) else prompts
+                    filters=[("model", "==", names[0]), ("error", "!=", "")])
     invalid = tuple({"prompt_index": int(r.prompt_index), "prompt": r.prompt, "error": r.error}
                     for r in invalid.sort_values("prompt_index").itertuples()) if len(invalid) else ()
-    corpus = _read(out, "corpus", ["model", "n_masked", "correct_at_1", "correct_at_10", "nll_sum"])
-    labelled = _read(out, "labels", ["model", "label", "predicted", "nll"])
-    scored["corpus"] = M.corpus_summary(corpus) if len(corpus) else {}
-    scored["labels"] = M.labels_summary(labelled, classes, stars=task == "stars") if len(labelled) else {}
-    reviews = corpus if len(corpus) else labelled
-    names, substitutions = list(models), {}
-    if len(masks) and len(names) > 1:
+    reviews = [m.reviews for m in scored["corpus"].values()] + [m.rows for m in scored["labels"].values()]
+    substitutions = {}
+    if scored["prompts"] and len(names) > 1:
         masks = _read(out, "masks", ["model", "prompt_index", "mask_index", "top_ids", "top_probs"],
                       filters=[("prompt_index", "<", SUBSTITUTION_PROMPTS)])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
@@ -228,4 +234,4 @@ def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str
         task=task, word_sets=word_sets, invalid_prompts=invalid, substitutions=substitutions,
         models={name: ModelScores(ref=ref, path=paths[name], **{k: v.get(name) for k, v in scored.items()})
                 for name, ref in models.items()},
-        corpus_reviews=int(reviews.groupby("model").size().max()) if len(reviews) else None)
+        corpus_reviews=max(reviews) if reviews else None)
