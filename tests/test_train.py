@@ -303,6 +303,25 @@ def test_a_short_run_reads_only_the_first_rows_its_steps_need(ray_cluster, tok, 
 
 
 @pytest.mark.slow
+def test_a_short_classifier_run_reads_splits_and_tests_only_the_rows_its_steps_need(ray_cluster, tmp_path):
+    """`--task stars --max-steps 2` on 12,000 reviews, default flags: the first rows in input
+    order (2 steps x 16 x 2 workers over the train split's 64%, with a margin), stratified and
+    tested, not the corpus."""
+    write_synth(str(tmp_path / "synth"), 12_000, seed=6)
+    out = tmp_path / "short"
+    metrics = train_model([str(tmp_path / "synth")], str(out), TrainArgs(task="stars", model="tiny", max_steps=2))
+    n = int(np.ceil(1.25 * 2 * 16 * 2 / 0.64))
+    first = [json.loads(line) for line in next((tmp_path / "synth").glob("*.jsonl")).open()][:n]
+    assert metrics.rows["read"] == n and f"first {n:,} rows" in metrics.warnings[0]
+    classes = pd.Series([str(r["rating"]) for r in first]).value_counts()
+    assert metrics.classes == {k: int(classes.get(k, 0)) for k in "12345"}
+    test = pd.read_parquet(out / "test")
+    assert set(test["id"]) <= {r["id"] for r in first} and metrics.test.n == len(test) == sum(
+        v - round(0.8 * v) for v in classes)
+    assert metrics.epochs[-1].step == 2
+
+
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
     """Fixed shards per rank, own mask generators: a second run repeats the first exactly."""
     first, again = mlm_run[1], train_model([corpus], str(tmp_path / "again"), TrainArgs(**ARGS))

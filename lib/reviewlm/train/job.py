@@ -39,7 +39,7 @@ from reviewlm.train.shards import FixedShards
 FEW_STEPS = 50  # fewer optimizer steps than this: warn that the model may learn little
 COMPRESSION = 5  # --streaming auto: a compressed file's bytes, counted this many times
 PROBE_ROWS = 2048  # masked LM with --max-steps: the first rows, read to learn the tokens per row
-PREFIX_MARGIN = 1.25  # ... the rows read hold this many times the tokens the steps need
+PREFIX_MARGIN = 1.25  # with --max-steps, the rows read hold this many times the tokens (or rows) the steps need
 PREFIX_SHARE = 4  # ... and only the first rows are read when the corpus holds this many times them
 BYTES_PER_TOKEN = 8  # --streaming auto: a prefix's bytes in the object store per token it must hold
 # Ray Train's controller polls its workers this often (Ray's default: 2 s): a run's end, a registered
@@ -63,32 +63,47 @@ def _needed_tokens(args: TrainArgs) -> float | None:
     return PREFIX_MARGIN * max(train, evaluation)
 
 
+def _needed_rows(args: TrainArgs) -> int:
+    """A classifier with `--max-steps`: the rows its steps and `--max-eval-samples` need, before
+    the split, with a margin (its test split is a fifth of them)."""
+    train = args.max_steps * args.batch_size * args.num_workers / 0.64
+    evaluation = (args.max_eval_samples or 0) / 0.16
+    return math.ceil(PREFIX_MARGIN * max(train, evaluation))
+
+
 def _head(rows: ray.data.Dataset, args: TrainArgs, tokenizer) -> tuple[ray.data.Dataset, list[str]]:
     """Every row (materialized, in input order); with `--max-steps`, only the first rows that
-    hold the tokens the steps need, when the corpus holds `PREFIX_SHARE` times that many:
-    a short run does not read, split and tokenize the whole corpus before its first step.
+    its steps need, when the corpus holds `PREFIX_SHARE` times that many: a short run does not
+    read, split, tokenize (and, for a classifier, test) the whole corpus before its first step.
 
-    The first `PROBE_ROWS` rows give the tokens per row (rows without text count as rows).
+    A masked LM's rows are counted by their tokens: the first `PROBE_ROWS` rows give the tokens
+    per row (rows without text count as rows).
     """
     rows.context.execution_options.preserve_order = True  # the same blocks in the same order every run
-    need = _needed_tokens(args)
-    if need is None:
+    if not args.max_steps:
         return rows.materialize(), []
     probe = rows.limit(PROBE_ROWS).materialize()
-    if probe.count() < PROBE_ROWS:  # the whole corpus
-        return probe, []
-    first = probe.to_pandas()
-    texts = first.loc[first["_error"].isna(), "text"].tolist()
-    tokens = sum(len(x) for x in tokenizer(texts, truncation=False, verbose=False)["input_ids"]) if texts else 0
-    if not tokens:
-        return rows.materialize(), []
-    n = math.ceil(need * PROBE_ROWS / tokens)
-    head = rows.limit(PREFIX_SHARE * n).materialize()
-    if head.count() < PREFIX_SHARE * n:
+    if args.task == "mlm":
+        if probe.count() < PROBE_ROWS:  # the whole corpus
+            return probe, []
+        need = _needed_tokens(args)
+        first = probe.to_pandas()
+        texts = first.loc[first["_error"].isna(), "text"].tolist()
+        tokens = sum(len(x) for x in tokenizer(texts, truncation=False, verbose=False)["input_ids"]) if texts else 0
+        if not tokens:
+            return rows.materialize(), []
+        n = math.ceil(need * PROBE_ROWS / tokens)
+        what = f"about {need:,.0f} tokens before the eval split"
+    else:
+        n = _needed_rows(args)
+        what = ("the rows its steps need, with their validation and test splits; a corpus in the order of its "
+                "classes gives it too few of them")
+    head = probe if PREFIX_SHARE * n <= PROBE_ROWS else rows.limit(PREFIX_SHARE * n).materialize()
+    if head.count() < PREFIX_SHARE * n:  # the whole corpus
         return head, []
     return head.limit(n).materialize(), _warn(
-        f"--max-steps {args.max_steps} trains on the corpus's first {n:,} rows in input order "
-        f"(about {need:,.0f} tokens before the eval split); without --max-steps every row is read")
+        f"--max-steps {args.max_steps} trains on the corpus's first {n:,} rows in input order ({what}); "
+        "without --max-steps every row is read")
 
 
 def _classes(found: Quarantined, args: TrainArgs, columns: Columns) -> dict[str, int]:
