@@ -1,19 +1,22 @@
 """A job killed at 60% and resumed, against the same job uninterrupted, in one run.
 
     .venv/bin/python bench/resume.py [--rows 200000] [--prompts 6000] [--at 0.6] [--jobs filter,dedup,score]
-        [--split-mb 64]
+        [--split-mb 64] [--corpus 10000]
 
 filter: `--rows` synthesized reviews of 20-150 words in 8 files, the default recipe (and
 one with `dedup`, whose shuffle a resumed run redoes). score: `--prompts` prompts, the
-`starter` model. Each job runs uninterrupted; then again, SIGKILLed with its whole process
-group once its ledger records `--at` of the rows, and resumed with `--resume`. Times are
-whole processes (Ray start included); the resumed output's counts must equal the
-uninterrupted one's.
+`starter` model. score-tiny (issue 38): the offline `tiny` model on `--prompts` prompts, on a
+corpus of `--corpus` reviews (masked tokens), and a star classifier (`train --task stars
+--model tiny --max-steps 2` on that corpus) on it. Each job runs uninterrupted; then again,
+SIGKILLed with every process under it once its ledger records `--at` of the rows, and
+resumed with `--resume`. Times are whole processes (Ray start included); the resumed
+output's counts and summary must equal the uninterrupted one's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from reviewlm.synth import write_synth
 
 BIN = Path(sys.executable).parent
@@ -60,12 +64,16 @@ def killed_at(argv: list, out: Path, rows: int) -> float:
         if job.poll() is not None:
             raise SystemExit(f"{argv[1]} ended before {rows:,} rows were recorded: lower --at")
         time.sleep(0.2)
+    under = psutil.Process(job.pid).children(recursive=True)  # Ray's workers: process groups of their own
     os.killpg(job.pid, signal.SIGKILL)
+    for p in under:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
     job.wait()
     return time.perf_counter() - start
 
 
-def compare(name: str, argv: list, out: Path, rows: int, at: float, counts) -> None:
+def compare(name: str, argv: list, out: Path, rows: int, at: float, counts, target: float = 0.75) -> None:
     full = timed(argv)
     want = counts(out)
     shutil.rmtree(out)
@@ -74,7 +82,7 @@ def compare(name: str, argv: list, out: Path, rows: int, at: float, counts) -> N
     resumed = timed([*argv, "--resume"])
     assert counts(out) == want, (counts(out), want)
     print(f"{name}: uninterrupted {full:.1f} s; killed after {kill:.1f} s with {done / rows:.0%} recorded; "
-          f"resumed {resumed:.1f} s = {resumed / full:.2f} of uninterrupted (target <= 0.75)", flush=True)
+          f"resumed {resumed:.1f} s = {resumed / full:.2f} of uninterrupted (target <= {target})", flush=True)
     shutil.rmtree(out)
 
 
@@ -84,7 +92,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6000)
     ap.add_argument("--at", type=float, default=0.6)
     ap.add_argument("--split-mb", type=float, default=64, help="filter: read files in pieces of this many MB")
-    ap.add_argument("--jobs", default="filter,dedup,score", help="which of filter, dedup and score to run")
+    ap.add_argument("--corpus", type=int, default=10_000, help="score-tiny: reviews in the scored corpus")
+    ap.add_argument("--jobs", default="filter,dedup,score", help="which of filter, dedup, score and score-tiny")
     args = ap.parse_args()
     jobs = args.jobs.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="reviewlm-resume-"))
@@ -105,9 +114,6 @@ def main() -> None:
     if "dedup" in jobs:
         compare("filter, with dedup", [*filter_argv, "--recipe", tmp / "dedup.yaml"], tmp / "out", args.rows,
                 args.at, stats)
-    if "score" not in jobs:
-        return
-
     prompts = tmp / "prompts.txt"
     prompts.write_text("".join(f"review {i}: these shoes are [MASK] and the fit is [MASK].\n"
                                for i in range(args.prompts)))
@@ -118,7 +124,28 @@ def main() -> None:
 
     score_argv = [BIN / "reviewlm", "score", "--model", "base=starter", "--prompts", prompts, "--output",
                   tmp / "scored", "--num-cpus", 2]
-    compare("score, starter model", score_argv, tmp / "scored", args.prompts, args.at, summary)
+    if "score" in jobs:
+        compare("score, starter model", score_argv, tmp / "scored", args.prompts, args.at, summary)
+    if "score-tiny" in jobs:
+        score_tiny(tmp, prompts, args)
+
+
+def score_tiny(tmp: Path, prompts: Path, args) -> None:
+    """The three scoring paths with the tiny model: prompts, a corpus's masked tokens, classes."""
+    write_synth(str(tmp / "reviews"), args.corpus, seed=2, shards=4, min_words=20, max_words=80)
+    timed([BIN / "reviewlm", "train", "--task", "stars", "--data", tmp / "reviews", "--model", "tiny", "--max-steps",
+           2, "--output", tmp / "stars", "--num-cpus", 2])
+
+    def summary(out):
+        return json.loads((out / "summary.json").read_text())["models"]
+
+    base = [BIN / "reviewlm", "score", "--output", tmp / "scored", "--num-cpus", 2]
+    runs = {"score, tiny, prompts": (["--model", "base=tiny", "--prompts", prompts], args.prompts),
+            "score, tiny, corpus": (["--model", "base=tiny", "--corpus", tmp / "reviews"], args.corpus),
+            "score, tiny stars classifier, corpus": (["--task", "stars", "--model", f"base={tmp / 'stars' / 'model'}",
+                                                      "--corpus", tmp / "reviews"], args.corpus)}
+    for name, (extra, rows) in runs.items():
+        compare(name, [*base, *extra], tmp / "scored", rows, args.at, summary, target=0.5)
 
 
 if __name__ == "__main__":
