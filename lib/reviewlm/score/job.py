@@ -213,8 +213,6 @@ def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str
              sums: Counter) -> ScoreResult:
     """summary.json, from what the write tasks summed (`sums`, score.metrics.summary_sums); the
     driver reads only the invalid prompts and the few prompts substitutions are shown for."""
-    from transformers import AutoTokenizer
-
     names = list(models)
     scored = {"prompts": M.prompt_summary(sums, names), "corpus": M.corpus_summary(sums, names),
               "labels": M.labels_summary(sums, classes, stars=task == "stars")}
@@ -225,6 +223,8 @@ def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str
     reviews = [m.reviews for m in scored["corpus"].values()] + [m.rows for m in scored["labels"].values()]
     substitutions = {}
     if scored["prompts"] and len(names) > 1:
+        from transformers import AutoTokenizer  # 2 s of imports a one-model run does without
+
         masks = _read(out, "masks", ["model", "prompt_index", "mask_index", "top_ids", "top_probs"],
                       filters=[("prompt_index", "<", SUBSTITUTION_PROMPTS)])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
