@@ -73,7 +73,7 @@ def submit(url: str, env: dict, *job) -> tuple[JobStatus, str]:
     client = JobSubmissionClient(url)
     deadline = time.time() + 540
     while not (status := client.get_job_status(job_id)).is_terminal() and time.time() < deadline:
-        time.sleep(5)
+        time.sleep(1)
     return status, ray_cli("job", "logs", "--address", url, job_id, env=env).stdout
 
 

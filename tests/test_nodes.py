@@ -116,7 +116,7 @@ def test_streaming_training_survives_a_lost_node(three_nodes, tmp_path):
     on on another node from that checkpoint (storage both see), reading its data anew."""
     address, markers = three_nodes
     write_synth(str(tmp_path / "in"), 1200, seed=5, shards=4)
-    out, epochs = tmp_path / "out", 6
+    out, epochs = tmp_path / "out", 4
     job = subprocess.Popen([str(BIN / "reviewlm"), "train", "--data", str(tmp_path / "in"), "--output", str(out),
                             "--model", "tiny", "--epochs", str(epochs), "--batch-size", "16", "--lr", "1e-3",
                             "--chunk-size", "32", "--streaming", "on", "--address", address],
