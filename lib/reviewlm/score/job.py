@@ -8,7 +8,10 @@ import uuid
 from collections import Counter
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from reviewlm.errors import UsageError
@@ -108,11 +111,15 @@ def _shown_prompts(out: OutputDir) -> pd.DataFrame:
     """The first scored prompts by index, as many as the report shows (one row each)."""
     from reviewlm.report.render import MAX_PROMPT_FIGURES, MAX_PROMPT_ROWS
 
-    index = _read(out, "prompts", ["prompt_index", "error"])
-    if not len(index):
-        return index
-    ids = sorted(set(index.loc[index["error"].isna(), "prompt_index"]))[:MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS]
-    shown = _read(out, "prompts", ["prompt_index", "prompt"], filters=[("prompt_index", "in", ids)])
+    path, k = f"{out.tmp}/prompts", MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS
+    if not out.fs.exists(path):
+        return pd.DataFrame()
+    # the k smallest valid indexes, a batch at a time: the driver holds k of them, not one per prompt
+    ids = np.empty(0, dtype=np.int64)
+    for batch in pads.dataset(path, filesystem=out.fs).to_batches(columns=["prompt_index"],
+                                                                   filter=pc.field("error").is_null()):
+        ids = np.unique(np.concatenate([ids, batch["prompt_index"].to_numpy()]))[:k]
+    shown = _read(out, "prompts", ["prompt_index", "prompt"], filters=[("prompt_index", "in", ids.tolist())])
     return shown.drop_duplicates("prompt_index").sort_values("prompt_index", ignore_index=True)
 
 
