@@ -303,8 +303,9 @@ def train_model(inputs: list[str], output: str, args: TrainArgs, *, columns: Col
         _export(fitted.get_best_checkpoint("eval_loss", "min"), out)
         result = _result(fitted, args, model_path, counts, warnings, stream)
         if labels:
-            test, loss = _test_metrics(splits["test"], out.tmp_uri("model"), args.use_gpu, labels,
-                                       stars=args.task == "stars")
+            # from test/ as written: the split is not made again from the input
+            test, loss = _test_metrics(ray.data.read_parquet(f"{out.tmp}/test", filesystem=arrow_fs),
+                                       out.tmp_uri("model"), args.use_gpu, labels, stars=args.task == "stars")
             result = replace(result, labels=tuple(labels), classes=classes, class_weights=config.class_weights,
                              test=test, test_loss=loss)
         _plots(result, out)
@@ -368,7 +369,7 @@ def _test_metrics(test: ray.data.Dataset, model_uri: str, use_gpu: bool, labels:
     does, on an actor pool; each task counts its block's (label, predicted) cells and losses."""
     from reviewlm.score.scorer import ClassifyScorer
 
-    pool = actor_pool(None, use_gpu, fed_by_tasks=True)  # the split is made by tasks as the actors score
+    pool = actor_pool(None, use_gpu, fed_by_tasks=True)  # read tasks feed the actors as they score
     scored = test.map_batches(ClassifyScorer, fn_constructor_kwargs={"name": "model", "ref": model_uri,
                                                                      "use_gpu": use_gpu}, batch_size=256,
                               batch_format="numpy", compute=ActorPoolStrategy(size=pool.size), **pool.resources)
