@@ -10,7 +10,7 @@ import select
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reviewlm.options import RunOptions
 
@@ -91,7 +91,7 @@ class _Sink:
 
     held: list[str]
     file: io.TextIOBase | None = None
-    lock: threading.Lock = threading.Lock()
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write(self, text: str) -> None:
         with self.lock:
