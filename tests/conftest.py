@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,6 +246,15 @@ def node_processes(marker: str) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return list(found.values())
+
+
+def stop_nodes(temp: str) -> None:
+    """SIGKILL what `ray start --temp-dir=temp` started, and remove its folder; a process that
+    exits while the others are killed is fine."""
+    for p in node_processes(temp):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def registered(out) -> int:

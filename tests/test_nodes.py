@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -13,7 +12,7 @@ import psutil
 import pytest
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, free_port, node_processes, registered
+from tests.conftest import BIN, free_port, node_processes, registered, stop_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +33,7 @@ def start_nodes(cpus: list[int]):
         subprocess.run(start + where + [f"--num-cpus={n}"], check=True, env={**env, "REVIEWLM_TEST_NODE": marker},
                        capture_output=True)
     yield f"127.0.0.1:{port}", markers
-    for p in node_processes(temp):
-        p.kill()
-    shutil.rmtree(temp, ignore_errors=True)
+    stop_nodes(temp)
 
 
 @pytest.fixture

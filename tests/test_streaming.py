@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 from reviewlm.synth import write_synth
 
-from tests.conftest import BIN, free_port, node_processes, run_cli
+from tests.conftest import BIN, free_port, run_cli, stop_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +25,7 @@ def capped_cluster():
                     f"--object-store-memory={STORE}", "--include-dashboard=false", f"--temp-dir={temp}"],
                    check=True, env=env, capture_output=True)
     yield f"127.0.0.1:{port}"
-    for p in node_processes(temp):
-        p.kill()
-    shutil.rmtree(temp, ignore_errors=True)
+    stop_nodes(temp)
 
 
 def big_corpus(path, copies: int) -> int:
