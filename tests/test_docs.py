@@ -43,7 +43,7 @@ def test_every_number_a_help_text_states_is_what_the_code_does():
         == TrainArgs().mlm_probability,
         "10,000": lambda: STREAM_EVAL_BLOCKS == 10_000,
         "1/8": lambda: MATERIALIZED == 8,
-        "1,024": lambda: PROMPTS_PER_PIECE == 1024,
+        "4,096": lambda: PROMPTS_PER_PIECE == 4096,
         "20000": lambda: DEMO_ROWS == 20_000,
         "5e-5": lambda: TrainArgs(task="mlm").learning_rate == 5e-5,
         "2e-4": lambda: TrainArgs(task="stars").learning_rate == TrainArgs(task="classify").learning_rate == 2e-4,

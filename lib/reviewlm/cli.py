@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model to score, repeatable: hub id, local or s3:// directory, starter, tiny")
     p.add_argument("--output", required=True, help="output directory, local or s3://")
     p.add_argument("--prompts", nargs="+", metavar="URI", help="files or directories (local or s3://) of prompts, "
-                   f"one per line, each with one or more [MASK]; read by Ray Data in runs of {PROMPTS_PER_PIECE:,}")
+                   "one per line, each with one or more [MASK]; read by Ray Data in runs of "
+                   f"{PROMPTS_PER_PIECE:,} or more")
     p.add_argument("--templates", help="prompt templates over {brand} and {product} (text or YAML)")
     p.add_argument("--corpus", nargs="+", metavar="URI", help="held-out texts to mask and score, or to classify")
     _columns(p, "text", "text_pair", "label", "id", "rating")

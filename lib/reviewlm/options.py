@@ -114,7 +114,11 @@ class RunOptions:
         return max(1, int(self.split_mb * (1 << 20)))
 
 
-PROMPTS_PER_PIECE = 1024  # score: at most this many prompts per read task and block
+# score: prompts per read task and block, at most, unless a run has more than MAX_PROMPT_BLOCKS
+# of them: the driver keeps some 20 KB of Ray's state for every task it ran (a block is 3: read,
+# score, write), so the number of blocks is bounded, not their size
+PROMPTS_PER_PIECE = 4096
+MAX_PROMPT_BLOCKS = 10_000
 MATERIALIZED = 8  # train --streaming auto: the object store a materialized corpus needs, in input bytes
 STREAM_EVAL_BLOCKS = 10_000  # streaming: the eval set, materialized, is at most this many blocks by default
 

@@ -113,19 +113,27 @@ def write_marker(ledger_uri: str, tag: str, files: list[str], ranges: dict, rows
                                    "counted": {c: dict(n) for c, n in counted.items()}, "summed": dict(summed)})
 
 
+def markers(ledger_uri: str, prefix: str = "", batch: int = 64):
+    """The records of the markers under `ledger_uri` whose tags start with `prefix`, read
+    `batch` at a time (concurrently on an object store), so that no more are held at once."""
+    fs, path = filesystem(ledger_uri)
+    names = sorted(m for m in fs.glob(f"{path.rstrip('/')}/{prefix}*.json")
+                   if not posixpath.basename(m).startswith("."))
+    for start in range(0, len(names), batch):
+        for data in fs.cat(names[start:start + batch], on_error="omit").values():
+            try:
+                yield json.loads(data)
+            except ValueError:  # cannot happen with atomic writes; if it does, the task runs again
+                continue
+
+
 def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
     """Read the markers under `base_uri` (of one `unit`: its files are named `part-<unit>-…`),
     and remove the route files none of them names."""
     fs, base = filesystem(base_uri)
     base = base.rstrip("/")
     done, spans = Done(), {}
-    for marker in sorted(fs.glob(f"{base}/{ledger_path(unit)}/*.json")):
-        if posixpath.basename(marker).startswith("."):
-            continue
-        try:
-            record = json.loads(fs.cat(marker))
-        except ValueError:  # cannot happen with atomic writes; if it does, the task runs again
-            continue
+    for record in markers(f"{base_uri.rstrip('/')}/{ledger_path(unit)}"):
         done.tasks += 1
         done.files.update(record["files"])
         done.rows.update(record["rows"])

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
-from reviewlm.io.ledger import Done, Keys, ledger_path, write_marker
+from reviewlm.io.ledger import Done, Keys, ledger_path, markers, write_marker
 from reviewlm.io.storage import arrow_filesystem, filesystem
 from reviewlm.progress import count
 
@@ -30,9 +30,11 @@ class RoutedParquetSink(Datasink):
     (reviewlm.progress) as it is written.
 
     With `keys`, a resumable write (reviewlm.io.ledger): each task, once its files are
-    written, records them with the keys of their rows and its counts; the result adds the
-    counts of what earlier runs recorded (`done`). Writes of several `unit`s into one output
-    keep their own ledgers; their prefixes start with `<unit>-`.
+    written, records them with the keys of their rows and its counts, and returns nothing
+    (Ray hands the driver every task's return at once, at the end: the counts of thousands of
+    tasks); the result folds this write's records a few at a time, and adds the counts of what
+    earlier runs recorded (`done`). Writes of several `unit`s into one output keep their own
+    ledgers; their prefixes start with `<unit>-`.
     """
 
     def __init__(self, base_uri: str, routes: dict[str, pa.Schema], route_column: str = "_route",
@@ -87,13 +89,15 @@ class RoutedParquetSink(Datasink):
         finally:
             for w in writers.values():
                 w.close()  # a no-op when closed
-        return {"rows": dict(rows), "counted": counted, "summed": dict(summed)}
+        return None if self.keys is not None else {"rows": dict(rows), "counted": counted, "summed": dict(summed)}
 
     def on_write_complete(self, write_result):
         rows: Counter = Counter(self.done.rows)
         counted = {c: Counter(self.done.counted.get(c, {})) for c in self.count_columns}
         summed: Counter = Counter(self.done.summed)
-        for r in write_result.write_returns:
+        written = write_result.write_returns if self.keys is None else \
+            markers(f"{self.base_uri}/{ledger_path(self.unit)}", self.prefix)
+        for r in written:
             rows.update(r["rows"])
             for c in self.count_columns:
                 counted[c].update(r["counted"][c])

@@ -16,11 +16,11 @@ from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
-from reviewlm.io.ledger import Done, Keys, ledger_path, read_record, recover, skip_done, write_record
+from reviewlm.io.ledger import Done, Keys, ledger_path, markers, read_record, recover, skip_done, write_record
 from reviewlm.io.quarantine import Quarantined, write_quarantine
 from reviewlm.io.readers import check_inputs, read_reviews, with_reasons, with_text
 from reviewlm.io.sink import RoutedParquetSink
-from reviewlm.io.storage import OutputDir, filesystem, fingerprints, read_json
+from reviewlm.io.storage import OutputDir, arrow_filesystem, filesystem, fingerprints, read_json
 from reviewlm.models import OFFLINE, portable_ref, resolve_model
 from reviewlm.options import RunOptions, ScoreArgs
 from reviewlm.progress import Meter, progress
@@ -107,19 +107,37 @@ def _read(out: OutputDir, route: str, columns: list[str] | None = None, filters=
     return pd.read_parquet(out.tmp_uri(route), columns=columns, filters=filters)
 
 
-def _shown_prompts(out: OutputDir) -> pd.DataFrame:
-    """The first scored prompts by index, as many as the report shows (one row each)."""
+def _of_prompts(out: OutputDir, units: list[str], route: str, ids, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of `route` (prompts, masks, predictions) for the prompt indexes `ids`, read from
+    the files whose ledger records name those indexes: a few files, however many were written
+    (opening every file of a million prompts costs the driver some 50 MB)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    files = set()
+    for unit in units:
+        for record in markers(out.tmp_uri(ledger_path(unit))):
+            spans = record["keys"].get("", [])
+            if any(np.searchsorted(ids, start) < np.searchsorted(ids, end) for start, end in spans):
+                files.update(f"{out.tmp}/{f}" for f in record["files"] if f.startswith(f"{route}/"))
+    if not files:
+        return pd.DataFrame()
+    return pads.dataset(sorted(files), filesystem=arrow_filesystem(out.fs), format="parquet").to_table(
+        columns=columns, filter=pc.field("prompt_index").isin(ids)).to_pandas()
+
+
+def _shown_prompts(out: OutputDir, units: list[str], prompts: int, invalid: bool) -> pd.DataFrame:
+    """The first valid prompts by index, as many as the report shows (one row each)."""
     from reviewlm.report.render import MAX_PROMPT_FIGURES, MAX_PROMPT_ROWS
 
     path, k = f"{out.tmp}/prompts", MAX_PROMPT_FIGURES + MAX_PROMPT_ROWS
     if not out.fs.exists(path):
         return pd.DataFrame()
-    # the k smallest valid indexes, a batch at a time: the driver holds k of them, not one per prompt
-    ids = np.empty(0, dtype=np.int64)
-    for batch in pads.dataset(path, filesystem=out.fs).to_batches(columns=["prompt_index"],
-                                                                   filter=pc.field("error").is_null()):
-        ids = np.unique(np.concatenate([ids, batch["prompt_index"].to_numpy()]))[:k]
-    shown = _read(out, "prompts", ["prompt_index", "prompt"], filters=[("prompt_index", "in", ids.tolist())])
+    ids = np.arange(min(k, prompts))
+    if invalid:  # the k smallest valid indexes, a batch at a time: the driver holds k of them
+        ids = np.empty(0, dtype=np.int64)
+        for batch in pads.dataset(path, filesystem=out.fs).to_batches(columns=["prompt_index"],
+                                                                       filter=pc.field("error").is_null()):
+            ids = np.unique(np.concatenate([ids, batch["prompt_index"].to_numpy()]))[:k]
+    shown = _of_prompts(out, units, "prompts", ids, ["prompt_index", "prompt"])
     return shown.drop_duplicates("prompt_index").sort_values("prompt_index", ignore_index=True)
 
 
@@ -194,14 +212,15 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
             for i in range(len(models)):
                 for unit in (f"m{i}-p", f"m{i}-c"):
                     recover(out.tmp_uri(), list(routes), unit)
-        summary = _summary(out, models, paths, classes, task, word_sets, sums)
+        units = [f"m{i}-p" for i in range(len(models))]
+        summary = _summary(out, models, paths, classes, task, word_sets, sums, units, len(prompts))
         if corpus:
             summary = replace(summary, corpus_quarantined=unscored.quarantined)
         from reviewlm.report.render import write_report
 
-        shown = _shown_prompts(out)
-        predictions = _read(out, "predictions", filters=[("prompt_index", "in", shown["prompt_index"].tolist())]
-                            if len(shown) else None)
+        shown = _shown_prompts(out, units, len(prompts), invalid=bool(summary.invalid_prompts))
+        predictions = _of_prompts(out, units, "predictions", shown["prompt_index"]) if len(shown) else \
+            pd.DataFrame()
         write_report(out, summary, predictions, shown, top_k=args.top_k, trained=trained, funnel=funnel)
         counts = {"models": len(models), "prompts": len(prompts), "reviews": summary.corpus_reviews or 0,
                   "quarantined": summary.corpus_quarantined or 0}
@@ -217,14 +236,17 @@ def _class_names(paths: dict[str, str], task: str) -> dict[str, list[str]]:
 
 
 def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict,
-             sums: Counter) -> ScoreResult:
+             sums: Counter, units: list[str], prompts: int) -> ScoreResult:
     """summary.json, from what the write tasks summed (`sums`, score.metrics.summary_sums); the
-    driver reads only the invalid prompts and the few prompts substitutions are shown for."""
+    driver reads only the invalid prompts (when the sums say there are any) and the few prompts
+    substitutions are shown for."""
     names = list(models)
     scored = {"prompts": M.prompt_summary(sums, names), "corpus": M.corpus_summary(sums, names),
               "labels": M.labels_summary(sums, classes, stars=task == "stars")}
+    valid = scored["prompts"][names[0]].prompts_scored if names[0] in scored["prompts"] else 0
     invalid = _read(out, "prompts", ["model", "prompt_index", "prompt", "error"],
-                    filters=[("model", "==", names[0]), ("error", "!=", "")])
+                    filters=[("model", "==", names[0]), ("error", "!=", "")]) \
+        if task == "mlm" and valid < prompts else pd.DataFrame()
     invalid = tuple({"prompt_index": int(r.prompt_index), "prompt": r.prompt, "error": r.error}
                     for r in invalid.sort_values("prompt_index").itertuples()) if len(invalid) else ()
     reviews = [m.reviews for m in scored["corpus"].values()] + [m.rows for m in scored["labels"].values()]
@@ -232,8 +254,8 @@ def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str
     if scored["prompts"] and len(names) > 1:
         from transformers import AutoTokenizer  # 2 s of imports a one-model run does without
 
-        masks = _read(out, "masks", ["model", "prompt_index", "mask_index", "top_ids", "top_probs"],
-                      filters=[("prompt_index", "<", SUBSTITUTION_PROMPTS)])
+        masks = _of_prompts(out, units, "masks", range(SUBSTITUTION_PROMPTS),
+                            ["model", "prompt_index", "mask_index", "top_ids", "top_probs"])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
         substitutions = {f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))
                          for other in names[1:]}

@@ -17,7 +17,7 @@ from ray.data.datasource import Datasource, ReadTask
 from reviewlm import words as wordlists
 from reviewlm.errors import UsageError
 from reviewlm.io.storage import files_under, filesystem, full_uri, on_one_filesystem
-from reviewlm.options import PROMPTS_PER_PIECE
+from reviewlm.options import MAX_PROMPT_BLOCKS, PROMPTS_PER_PIECE
 
 MASK = "[MASK]"
 REFERENCE_PROMPTS = [
@@ -78,17 +78,18 @@ PROMPT_SCHEMA = pa.schema([("prompt", pa.string()), ("prompt_index", pa.int64())
 
 
 def _per_piece(count: int, pieces: int) -> int:
-    """Prompts per block for `count` prompts cut into about `pieces`: a multiple of the stride."""
-    per = -(-count // max(1, pieces))
-    return min(PROMPTS_PER_PIECE, -(-per // OFFSET_STRIDE) * OFFSET_STRIDE)
+    """Prompts per block for `count` prompts cut into about `pieces`, and into at most
+    `MAX_PROMPT_BLOCKS`: a multiple of the stride."""
+    per = min(PROMPTS_PER_PIECE, -(-count // max(1, pieces)))
+    per = max(per, -(-count // MAX_PROMPT_BLOCKS))
+    return -(-per // OFFSET_STRIDE) * OFFSET_STRIDE
 
 
-def _read_prompts(fs, file: PromptFile, start: int, count: int) -> Iterator[pa.Table]:
-    """`count` prompts of `file` from its `start`-th (a multiple of the stride)."""
-    with fs.open(file.path, "rb") as fh:
-        fh.seek(file.offsets[start // OFFSET_STRIDE])
+def _read_prompts(fs, path: str, offset: int, first: int, count: int) -> Iterator[pa.Table]:
+    """`count` prompts of the file at `path` from byte `offset`, numbered from `first`."""
+    with fs.open(path, "rb") as fh:
+        fh.seek(offset)
         lines = list(itertools.islice(_prompt_lines(raw.decode("utf-8") for raw in fh), count))
-    first = file.first + start
     yield pa.table([lines, range(first, first + count)], schema=PROMPT_SCHEMA)
 
 
@@ -104,7 +105,9 @@ class PromptDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        return [ReadTask(partial(_read_prompts, self._fs, f, start, n),
+        # a task carries its own offset, not the file's (a million prompts: 15,625 offsets)
+        return [ReadTask(partial(_read_prompts, self._fs, f.path, f.offsets[start // OFFSET_STRIDE],
+                                 f.first + start, n),
                          BlockMetadata(num_rows=n, size_bytes=None, exec_stats=None, input_files=(f.path,)),
                          schema=PROMPT_SCHEMA, per_task_row_limit=per_task_row_limit)
                 for f in self._files for start in range(0, f.count, self._per)
@@ -171,7 +174,8 @@ class Prompts:
 
     def dataset(self, blocks: int = 1) -> ray.data.Dataset:
         """Rows of `prompt` and `prompt_index`, in at least `blocks` blocks where there are
-        prompts enough (one per actor), and at most `PROMPTS_PER_PIECE` prompts a block."""
+        prompts enough (one per actor), and at most `PROMPTS_PER_PIECE` prompts a block (more
+        beyond `MAX_PROMPT_BLOCKS` blocks)."""
         per, first = _per_piece(len(self), blocks), sum(f.count for f in self.files)
         # reading text is light: zero-CPU tasks never wait for the CPUs the scoring actors hold
         # (a read lost with its node is redone while they run)
