@@ -115,8 +115,8 @@ class RunOptions:
 
 
 # score: prompts per read task and block, at most, unless a run has more than MAX_PROMPT_BLOCKS
-# of them: the driver keeps some 20 KB of Ray's state for every task it ran (a block is 3: read,
-# score, write), so the number of blocks is bounded, not their size
+# of them: the driver keeps some 25 KB of Ray's state for every block (its read, score and write
+# tasks), so the number of blocks is bounded, not their size
 PROMPTS_PER_PIECE = 4096
 MAX_PROMPT_BLOCKS = 10_000
 MATERIALIZED = 8  # train --streaming auto: the object store a materialized corpus needs, in input bytes

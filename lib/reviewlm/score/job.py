@@ -110,7 +110,7 @@ def _read(out: OutputDir, route: str, columns: list[str] | None = None, filters=
 def _of_prompts(out: OutputDir, units: list[str], route: str, ids, columns: list[str] | None = None) -> pd.DataFrame:
     """The rows of `route` (prompts, masks, predictions) for the prompt indexes `ids`, read from
     the files whose ledger records name those indexes: a few files, however many were written
-    (opening every file of a million prompts costs the driver some 50 MB)."""
+    (opening every file of a million prompts cost the driver some 50 MB)."""
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     files = set()
     for unit in units:
