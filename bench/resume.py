@@ -133,7 +133,8 @@ def main() -> None:
 
 
 def score_tiny(tmp: Path, prompts: Path, args) -> None:
-    """The three scoring paths with the tiny model: prompts, a corpus's masked tokens, classes."""
+    """The three scoring paths: prompts and a corpus's masked tokens with the tiny model, classes
+    with a star classifier trained from tiny and one from starter."""
     write_synth(str(tmp / "reviews"), args.corpus, seed=2, shards=4, min_words=20, max_words=80)
     for model in ("tiny", "starter"):
         timed([BIN / "reviewlm", "train", "--task", "stars", "--data", tmp / "reviews", "--model", model,

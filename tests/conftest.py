@@ -152,7 +152,7 @@ class Killer(threading.Thread):
 def running_task_pids(name_part: str) -> list[int]:
     """PIDs of Ray workers running a task whose name contains `name_part`, by the title Ray
     gives a worker while it runs one (`ray::<task name>`): seen at once, where Ray's state API
-    reports a task up to a second late, and a filter task here runs for 1-2 s."""
+    reports a task up to a second late, and a filter task here may run for half a second."""
     pids = []
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
