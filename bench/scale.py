@@ -1,13 +1,18 @@
-"""Train, score and recommend at N and 4N rows: wall time, rows/s per core, and the private
+"""Filter, train, score and recommend at N and 4N rows: wall time, rows/s per core, and the private
 memory (RssAnon) of the largest single process and of the driver, as ratios.
 
-    .venv/bin/python bench/scale.py [--rows 250000] [--parts train,score,recommend] [--cpus 2]
+    .venv/bin/python bench/scale.py [--rows 250000] [--parts filter,train,score,recommend] [--cpus 2]
 
 Each job runs as a whole process (`reviewlm ... --num-cpus CPUS`, its own local Ray) on
 inputs that grow with the data (one Parquet file per 31,250 rows). Every process under the
 job (driver, raylet, workers) is sampled every 0.25 s; a Ray worker keeps its memory between
 tasks, so the title a process had at its peak (`ray::MaskScorer`...) is an indication only.
 
+- filter: `filter` with `dedup`, `near_dedup` and `sentiment` on N and 4N synthesized reviews
+  of 20-80 words, 30% of them near copies, in JSON Lines files of 37,500 reviews; input MB/s
+  per core of the job (stats.json: Ray's start left out); then, at N, `dedup` alone and
+  `near_dedup` alone (goals, issue 37: MB/s per core at 4N >= 0.9 of N's, exact dedup's >=
+  near_dedup's);
 - train: `train --task classify --label-column label --model tiny --max-steps 2` on a
   two-class corpus where one class is half the rows, at N/4, N and 4N (the short run's time
   at 16x the rows is the issue's goal);
@@ -17,7 +22,7 @@ tasks, so the title a process had at its peak (`ray::MaskScorer`...) is an indic
 - recommend: a 2,000-product catalogue, its 22 needs, and N and 4N reviews of its products
   (`--reviews`: review count and mean rating per candidate).
 
-Goals (issue 38): largest process and driver 4N/N <= 1.15; the classifier's short run at 16x
+Goals (issues 37 and 38): largest process and driver 4N/N <= 1.15; the classifier's short run at 16x
 the rows <= 1.3x the time.
 """
 
@@ -36,11 +41,12 @@ from pathlib import Path
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from reviewlm.synth import synth_catalog, synth_rows
+from reviewlm.synth import synth_catalog, synth_rows, write_synth
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 PER_FILE = 31_250
+REVIEWS_PER_FILE = 37_500
 
 
 def rss_anon(p: psutil.Process) -> int:
@@ -85,6 +91,15 @@ def watched(argv: list) -> dict:
             "largest": peaks[top][1]}
 
 
+def filter_job(data: Path, out: Path, recipe: str, cpus: list) -> dict:
+    """The filter job with `recipe` (YAML): `watched`'s figures and the input MB/s per core."""
+    (out.parent / f"{out.name}.yaml").write_text(recipe)
+    run = watched(["filter", data, "--output", out, "--recipe", out.parent / f"{out.name}.yaml", *cpus])
+    stats = json.loads((out / "stats.json").read_text())
+    mb = sum(f.stat().st_size for f in data.glob("*.jsonl")) / 1e6
+    return run | {"mb_s_core": mb / (stats["wall_time_s"] - stats["ray_start_s"]) / cpus[1], "kept": stats["kept"]}
+
+
 def parquet(table: pa.Table, folder: Path) -> Path:
     folder.mkdir(parents=True)
     for i in range(0, table.num_rows, PER_FILE):
@@ -116,12 +131,27 @@ def report(part: str, runs: dict[int, dict], rows_word: str, cpus: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=250_000, help="N")
-    ap.add_argument("--parts", default="train,train-full,score,recommend")
+    ap.add_argument("--parts", default="filter,train,train-full,score,recommend")
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
     tmp, parts = Path(tempfile.mkdtemp(prefix="reviewlm-scale-")), args.parts.split(",")
     cpus = ["--num-cpus", args.cpus]
     sizes = {"N": args.rows, "4N": 4 * args.rows}
+    if "filter" in parts:
+        runs, data = {}, {}
+        for n in sizes.values():
+            data[n] = tmp / f"reviews-{n}"
+            write_synth(str(data[n]), n, seed=9, shards=-(-n // REVIEWS_PER_FILE), min_words=20, max_words=80,
+                        near_copies=0.3)
+            runs[n] = filter_job(data[n], tmp / f"filter-{n}", "all:\n  - dedup\n  - near_dedup\n  - sentiment\n",
+                                 cpus)
+        report("filter", runs, "reviews", args.cpus)
+        small, big = runs[args.rows]["mb_s_core"], runs[4 * args.rows]["mb_s_core"]
+        print(f"filter     MB/s per core: N {small:.2f}, 4N {big:.2f}: {big / small:.2f} (goal >= 0.9)", flush=True)
+        alone = {name: filter_job(data[args.rows], tmp / f"{name}-{args.rows}", f"all:\n  - {name}\n", cpus)
+                 for name in ("dedup", "near_dedup")}
+        print(f"filter     at N alone, MB/s per core: dedup {alone['dedup']['mb_s_core']:.2f}, near_dedup "
+              f"{alone['near_dedup']['mb_s_core']:.2f} (goal: dedup >= near_dedup)", flush=True)
     if "train" in parts:
         runs = {}
         for n in (args.rows // 4, *sizes.values()):

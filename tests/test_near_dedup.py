@@ -9,16 +9,18 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
-from reviewlm.filters import near_dedup
+from reviewlm.filters import keyed, near_dedup
+from reviewlm.filters.keyed import KEY
 from reviewlm.filters.near_dedup import (
+    DST,
     GRAMS,
-    KEY,
     SKETCH,
-    Candidates,
+    SRC,
     NearDedup,
     _distinct,
-    _sketches_in_key_order,
-    components,
+    _similarities,
+    _sketches,
+    adjacency,
     gram_hashes,
     jaccard,
     lsh_params,
@@ -68,25 +70,22 @@ def test_the_sketch_screen_keeps_pairs_near_the_threshold_and_rules_out_distant_
     """Sketches agreeing in 64, 45 and 30 of 64 values estimate J 1.0, 0.70 and 0.47: at threshold
     0.8 the screen keeps the first two (0.70 is within 5 standard errors, 0.25) and rules out the third."""
     base = np.arange(64, dtype=np.uint8)
-    sketch = np.stack([np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 64, 45, 30)])
-    pairs = np.array([[1, 0], [2, 0], [3, 0]])
-    assert screen(sketch, pairs, 0.8).tolist() == [True, True, False]
-    assert screen(sketch, pairs, 0.8, chunk=2).tolist() == [True, True, False]
-    rows = Candidates([pa.table({KEY: pa.array([30, 10], pa.int64()), "id": ["c", "a"],
-                                 GRAMS: pa.array([[1, 3], [1, 2]], pa.list_(pa.uint32()))})])
-    assert rows.keys.tolist() == [10, 30] and rows.ids.to_pylist() == ["a", "c"]
-    assert rows.jaccard(np.array([[1, 0]])).tolist() == [1 / 3]
+    sketch = np.stack([np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 45, 30)])
+    assert screen(sketch, np.stack([base] * 3), 0.8).tolist() == [True, True, False]
+    grams = pa.array([[1, 3], [1, 2], [5]], pa.list_(pa.uint32()))
+    assert _similarities(grams, pa.array([[1, 2], [1, 2], [6]], pa.list_(pa.uint32()))).tolist() == [1 / 3, 1, 0]
 
 
-def test_sketches_come_in_key_order_from_chunked_and_sliced_blocks():
+def test_sketches_and_grams_are_read_from_chunked_and_sliced_columns():
     def block(keys):
         return pa.table({KEY: pa.array(keys, pa.int64()),
-                         SKETCH: pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(keys, 2).astype(np.uint8)), 2)})
-    chunked = pa.Table.from_batches([*block([3]).to_batches(), *block([0, 9]).to_batches()])
-    keys, sketch = _sketches_in_key_order([block([5, 1]), chunked, block([7, 2]).slice(1)])
-    assert keys.tolist() == [0, 1, 2, 3, 5, 9] and sketch.tolist() == [[k, k] for k in keys.tolist()]
-    keys, sketch = _sketches_in_key_order([block([])])
-    assert len(keys) == 0 and sketch.shape == (0, 2)
+                         SKETCH: pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(keys, 2).astype(np.uint8)), 2),
+                         GRAMS: pa.array([[k, k + 1] for k in keys], pa.list_(pa.uint32()))})
+    table = pa.concat_tables([block([5, 1]), block([3]), block([7, 2]).slice(1)])
+    assert _sketches(table[SKETCH]).tolist() == [[5, 5], [1, 1], [3, 3], [2, 2]]
+    sliced = table[GRAMS].combine_chunks().slice(2)
+    assert _similarities(sliced, pa.array([[3, 4], [2, 9]], pa.list_(pa.uint32()))).tolist() == [1, 1 / 3]
+    assert _sketches(block([])[SKETCH]).shape == (0, 2)
 
 
 def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
@@ -98,10 +97,44 @@ def test_bands_and_rows_catch_a_pair_at_the_threshold_with_95_percent():
         NearDedup(num_perm=64, bands=10, rows=8)
 
 
-def test_components_are_transitive_and_rooted_at_the_smallest():
-    pairs = np.array([[3, 1], [4, 3], [6, 5], [2, 6]])
-    assert components(pairs, 7).tolist() == [0, 1, 2, 1, 1, 2, 2]
+def test_components_are_transitive_and_rooted_at_the_smallest(ray_cluster):
+    """Min-label propagation over three parts: a chain 1-3-4 joined through 3, 2-6-5 through 6,
+    and a path 10-11-...-19 that takes a round per step."""
+    import ray
+
+    edges = np.array([[3, 1], [4, 3], [6, 5], [2, 6], *[[k, k + 1] for k in range(10, 19)]])
+    src, dst = np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]]
+    parts = 3
+    part = keyed.part_of(src, parts)
+    states = [adjacency.remote(pa.table({SRC: src[part == p], DST: dst[part == p]})) for p in range(parts)]
+    roots, (labels, rounds) = {}, NearDedup._components(states, parts)
+    for nodes, _, _, label in ray.get(labels):
+        roots.update(zip(nodes.tolist(), label.tolist()))
+    assert rounds == 11  # the path's 9 steps, the start, and one round in which no label fell
+    assert roots == {1: 1, 3: 1, 4: 1, 2: 2, 5: 2, 6: 2, **{k: 10 for k in range(10, 20)}}
     assert jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == 0.5
+
+
+def test_drops_cut_into_key_ranges_reach_the_rows_of_every_block(ray_cluster, monkeypatch):
+    """Drops in hash-partitioned blocks, cut into many key ranges: a block of rows of one file,
+    and one of rows of every file, each find theirs and only theirs."""
+    import ray
+
+    monkeypatch.setattr(keyed, "PARTITION_BYTES", 2000)  # about 50 drops a range
+    schema = pa.schema([(KEY, pa.int64()), ("of", pa.string())])
+    keys = np.array([r << 32 | k for r in range(3) for k in range(0, 1000, 3)], np.int64)
+    table = pa.table([keys, [f"x{k}" for k in keys.tolist()]], schema=schema)
+    blocks = [ray.put(t) for t in keyed.cut(table, keyed.part_of(keys, 4), 4)]
+    drops = keyed.Drops.build(blocks, len(keys), schema)
+    assert len(drops.refs) > 10
+    ranks = {"a": 0, "b": 1, "c": 2}
+    for source, rows in (["b"] * 1000, range(1000)), (["a", "c", "b"] * 100, range(500, 800)):
+        batch = pa.table({"source": source, "_row": pa.array(rows, pa.int64())})
+        got = drops.attach(batch, ranks=ranks, names={"of": "dup"})["dup"].to_pylist()
+        want = [f"x{ranks[s] << 32 | r}" if r % 3 == 0 else None for s, r in zip(source, rows)]
+        assert got == want
+    none = keyed.Drops.build([ray.put(schema.empty_table())], 0, schema)
+    assert none.attach(batch, ranks=ranks, names={"of": "dup"})["dup"].null_count == batch.num_rows
 
 
 def oracle(texts: list[str], n: int = 5) -> np.ndarray:

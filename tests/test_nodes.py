@@ -10,7 +10,9 @@ import time
 import pandas as pd
 import psutil
 import pytest
-from reviewlm.synth import write_synth
+from reviewlm.filters.recipe import parse_recipe
+from reviewlm.filters.stage import filter_reviews
+from reviewlm.synth import synth_rows, write_synth
 
 from tests.conftest import BIN, free_port, node_processes, registered, stop_nodes
 
@@ -87,6 +89,34 @@ def test_the_filter_job_survives_a_lost_node(two_nodes, tmp_path):
     written = pd.concat([pd.read_parquet(tmp_path / "out" / route, columns=["id"]) for route in ("kept", "rejected")])
     assert stats["rows_read"] == len(ids) == len(written) and stats["quarantined"] == 0
     assert written["id"].is_unique and set(written["id"]) == set(ids)  # no row lost or doubled
+
+
+def test_both_dedups_on_three_nodes_drop_what_one_node_drops(three_nodes, ray_cluster, tmp_path):
+    """Every key-partitioned step of `dedup` and `near_dedup` spread over three raylets drops
+    the same rows, naming the same first rows, as the test run's one-node Ray."""
+    rows = synth_rows(12_000, seed=3, min_words=10, max_words=40, near_copies=0.2).to_pylist()
+    for i in range(50, len(rows), 50):  # and exact copies
+        rows[i]["text"] = rows[i - 7]["text"].upper()
+    (tmp_path / "in").mkdir()
+    for s in range(6):
+        (tmp_path / "in" / f"part-{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[s::6]))
+    recipe = "all:\n  - dedup\n  - near_dedup\n"
+    (tmp_path / "r.yaml").write_text(recipe)
+    address, _ = three_nodes
+    job = subprocess.run([str(BIN / "reviewlm"), "filter", str(tmp_path / "in"), "--output", str(tmp_path / "three"),
+                          "--recipe", str(tmp_path / "r.yaml"), "--address", address], capture_output=True, text=True,
+                         env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=600)
+    assert job.returncode == 0, job.stderr[-3000:]
+    filter_reviews([str(tmp_path / "in")], str(tmp_path / "one"), recipe=parse_recipe(recipe))
+
+    def rejected(out):
+        table = pd.read_parquet(out / "rejected", columns=["id", "dropped_by", "duplicate_of", "near_duplicate_of",
+                                                           "near_similarity"])
+        return table.sort_values("id").reset_index(drop=True)
+
+    one = rejected(tmp_path / "one")
+    assert (one["dropped_by"] == "dedup").sum() >= 200 and (one["dropped_by"] == "near_dedup").sum() >= 400
+    pd.testing.assert_frame_equal(rejected(tmp_path / "three"), one)
 
 
 def test_scoring_survives_a_lost_node(two_nodes, tmp_path):

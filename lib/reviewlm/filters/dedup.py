@@ -1,56 +1,64 @@
 """Exact duplicates on normalized text, decided across all blocks and workers.
 
-`mark_duplicates` adds to every row the position of the first row with the same normalized
-text (smallest source path, then row number): a group-by over text hashes finds the first
-of every repeated text, and a join brings it back to the rows. The `Dedup` filter then only
-decides: keep the first occurrence, drop the others.
+`Dedup.prepare` finds the rows to drop in key-partitioned tasks (`filters.keyed`): each
+parsed row's key and a 128-bit hash of its normalized text (two keyed SipHash-2-4 of
+pandas, vectorized), cut into parts by hash; a task per part sorts its rows and names, for
+every text that repeats, each later row and the first (smallest source path, then row
+number). The filter stage's own pass then looks its rows up in those drops, by key range.
 """
 
-import hashlib
-
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.aggregate import Count, Min
 
 from reviewlm.filters.base import Filter
+from reviewlm.filters.keyed import KEY, Drops, partitions, row_keys, run_starts, source_rows, split
 
-HASH, ORDER, FIRST = "_text_hash", "_order", "_dup_first"
+H1, H2, OF = "_text_hash1", "_text_hash2", "_duplicate_of"
+HASHED = pa.schema([(KEY, pa.int64()), (H1, pa.uint64()), (H2, pa.uint64())])
+DROPS = pa.schema([(KEY, pa.int64()), ("of", pa.string())])
 
 
 def normalize(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """NFKC, lower case, whitespace collapsed and trimmed."""
+    """NFKC, lower case, whitespace collapsed and trimmed. The pattern matches only where a
+    replacement changes something (a run, or a single tab or newline): 10x `\\s+`'s speed."""
     text = pc.utf8_lower(pc.utf8_normalize(text, form="NFKC"))
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, pattern=r"\s+", replacement=" "))
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, pattern=r"\s\s+|[\t\n\f\r]", replacement=" "))
 
 
-def add_keys(batch: pa.Table) -> pa.Table:
-    """Add the text hash (null for quarantined or null text) and the row's order key."""
-    normalized = normalize(batch["text"]).to_pylist()
-    parsed = pc.is_null(batch["_error"]).to_pylist()
-    hashes = [hashlib.blake2b(t.encode(), digest_size=16).digest() if t is not None and ok else None
-              for t, ok in zip(normalized, parsed)]
-    order = [f"{s}\x00{r:012d}" for s, r in zip(batch["source"].to_pylist(), batch["_row"].to_pylist())]
-    return batch.append_column(HASH, pa.array(hashes, pa.binary())).append_column(ORDER, pa.array(order, pa.string()))
+def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of each normalized (non-null) text."""
+    values = normalize(text).to_numpy(zero_copy_only=False)
+    return (pd.util.hash_array(values, hash_key="reviewlm-dedup-1", categorize=False),
+            pd.util.hash_array(values, hash_key="reviewlm-dedup-2", categorize=False))
 
 
-def mark_duplicates(ds: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
-    """`ds` with FIRST: the order key of its text's first occurrence where the text repeats."""
-    ds = ds.map_batches(add_keys, batch_format="pyarrow")
-    firsts = (ds.select_columns([HASH, ORDER])
-              .map_batches(lambda b: b.filter(pc.is_valid(b[HASH])), batch_format="pyarrow")
-              .groupby(HASH).aggregate(Min(ORDER, alias_name=FIRST), Count(alias_name="_n"))
-              .map_batches(lambda b: b.filter(pc.greater(b["_n"], 1)).drop_columns(["_n"]),
-                           batch_format="pyarrow"))
-    joined = ds.join(firsts, join_type="left_outer", num_partitions=num_partitions, on=(HASH,))
-    return joined.map_batches(_with_first, batch_format="pyarrow", batch_size=None)
+def hashed_rows(batch: pa.Table, *, ranks: dict[str, int]) -> pa.Table:
+    """The key and text hashes of each parsed row with text."""
+    usable = pa.array(pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])).to_numpy(
+        zero_copy_only=False))
+    h1, h2 = text_hashes(batch["text"].filter(usable))
+    return pa.table([pa.array(row_keys(batch, ranks)[usable.to_numpy(zero_copy_only=False)]), h1, h2], schema=HASHED)
 
 
-def _with_first(batch: pa.Table) -> pa.Table:
-    """A joined block as the filter reads it: a partition that met no repeated text has no
-    FIRST column at all (Ray's join leaves out the columns of an empty side)."""
-    return batch if FIRST in batch.column_names else batch.append_column(FIRST, pa.nulls(batch.num_rows, pa.string()))
+def later_copies(rows: pa.Table, uris: list[str]) -> pa.Table:
+    """(key, `source:row` of the first) of every row whose text an earlier row has, in key order."""
+    h1, h2, keys = (rows[c].to_numpy() for c in (H1, H2, KEY))
+    order = np.lexsort((keys, h2, h1))
+    h1, h2, keys = h1[order], h2[order], keys[order]
+    starts = np.flatnonzero(run_starts(h1, h2))
+    first = np.repeat(keys[starts], np.diff(np.r_[starts, len(keys)]))
+    later = np.flatnonzero(first != keys)
+    later = later[np.argsort(keys[later])]
+    return pa.table([pa.array(keys[later]), source_rows(first[later], uris)], schema=DROPS)
+
+
+@ray.remote(num_returns=2)
+def _later_copies(uris: list[str], *parts: pa.Table) -> tuple[pa.Table, int]:
+    table = later_copies(pa.concat_tables(parts) if parts else HASHED.empty_table(), uris)
+    return table, table.num_rows
 
 
 class Dedup(Filter):
@@ -60,15 +68,19 @@ class Dedup(Filter):
     score_fields = [pa.field("duplicate_of", pa.string())]
 
     def prepare(self, ds, inputs, pieces):
-        # as many partitions as read pieces: the rows after the join come in blocks of about
-        # --split-mb, which bounds a write task's memory and what a killed run loses
-        return mark_duplicates(ds, num_partitions=max(2, pieces, int(ray.cluster_resources().get("CPU", 2))))
+        uris = sorted(f.uri for f in inputs.files)
+        ranks = {s: i for i, s in enumerate(uris)}
+        hashed = ds.map_batches(hashed_rows, batch_format="pyarrow", fn_kwargs={"ranks": ranks}).materialize()
+        blocks = hashed.to_arrow_refs() or [ray.put(HASHED.empty_table())]
+        parts = partitions(hashed.size_bytes())
+        splits = [split.options(num_returns=parts).remote(b, H1, parts) for b in blocks]
+        found = [_later_copies.remote(uris, *[s[p] for s in splits]) for p in range(parts)]
+        del hashed, blocks, splits
+        drops = Drops.build([f[0] for f in found], sum(ray.get([f[1] for f in found])), DROPS)
+        return ds.map_batches(drops.attach, batch_format="pyarrow",
+                              fn_kwargs={"ranks": ranks, "names": {"of": OF}})
 
     def apply(self, batch):
-        if FIRST not in batch.column_names:
+        if OF not in batch.column_names:
             raise RuntimeError("dedup needs Dedup.prepare(dataset) to run before the filter stage")
-        first, order = batch[FIRST].to_pylist(), batch[ORDER].to_pylist()
-        dup = [f is not None and f != o for f, o in zip(first, order)]
-        where = [f.replace("\x00", ":").rsplit(":", 1) if d else None for f, d in zip(first, dup)]
-        of = [f"{w[0]}:{int(w[1])}" if w else None for w in where]
-        return ~np.array(dup, dtype=bool), {"duplicate_of": pa.array(of, pa.string())}
+        return pc.is_null(batch[OF]).to_numpy(zero_copy_only=False), {"duplicate_of": batch[OF]}

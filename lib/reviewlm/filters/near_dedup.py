@@ -5,36 +5,36 @@ characters that are neither letters, digits nor whitespace turned into a space, 
 whitespace; its set of word `ngram`s (a review of fewer words is one n-gram of all of them).
 Their similarity is the Jaccard index of those sets.
 
-`NearDedup.prepare` finds the clusters in four steps, none of which gathers rows in the driver:
+`NearDedup.prepare` finds the clusters in steps of many tasks, none of which gathers every
+row, pair or cluster (`filters.keyed`: parts of about 64 MB, more parts for more data):
 
 1. **signatures** (Ray Data map tasks, materialized): each parsed review's key, id, the
    distinct 32-bit hashes of its n-grams, and its MinHash signature (`rensa`, seeded, so the
-   same on every worker) kept as a sketch, 8 bits of each value.
+   same on every worker) kept as a sketch, 8 bits of each value. Cut into parts by key.
 2. **buckets** (Ray tasks): each block's sketches cut into LSH bands and its (band hash, key)
    rows into parts by band hash; a task per part finds the rows that share a band hash and
    pairs each row of a bucket of two or more with the bucket's first row. A round of bands
    at a time, so that the object store never holds more than 32 MB of band rows per CPU.
    Ray Data's hash repartition did the same in 4.7 s of a 24 s job on 200,000 reviews (it
    starts a pool of aggregator actors); these tasks take 0.4 s.
-3. **verification and clusters** (a task per signature block picks the candidate rows where
-   the block lives; one task, as DataTrove's cluster stage, takes the pairs and those rows): a
-   pair whose sketches put it far below the threshold, then one whose exact Jaccard is below
-   it, is dropped (LSH's false positives); union-find joins the rest into connected
-   components (A~B and B~C make one cluster even when A and C are further apart).
-4. the filter stage's own pass looks each row up in the table of rows to drop (broadcast
-   through the object store): every member of a cluster but its first (smallest source
-   path, then record number: the order `dedup` uses) is dropped, with the first's id and
-   their exact Jaccard similarity.
-
-The row key is an int64: the rank of the row's source path among the job's inputs, then
-its record number; its order is the `dedup` order.
+3. **verification** (a partitioned join, two rounds): the pairs go to the part of their later
+   row, which adds that row's sketch and n-grams, then to the part of their first row, where
+   a pair whose sketches put it far below the threshold, then one whose exact Jaccard is below
+   it, is dropped (LSH's false positives).
+4. **clusters**: connected components of the verified pairs (A~B and B~C make one cluster
+   even when A and C are further apart) by min-label propagation over the parts, a round per
+   step of a cluster's longest path from its smallest row, until no label falls.
+5. **drops**: every member of a cluster but its first (smallest source path, then record
+   number: the order `dedup` uses) is dropped, with the first's id and their exact Jaccard
+   (a join by the first row's part); the drops are cut into key ranges, and the filter
+   stage's own pass fetches only the ranges of its block's rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -42,16 +42,32 @@ import pyarrow.compute as pc
 import ray
 
 from reviewlm.filters.base import Filter
+from reviewlm.filters.keyed import (
+    KEY,
+    PARTITION_BYTES,
+    Drops,
+    by_key,
+    concat,
+    cut,
+    fmix,
+    gather,
+    part_of,
+    partitions,
+    row_keys,
+    run_starts,
+    split,
+)
 from reviewlm.io.layout import CANONICAL
 
 SEED = 1  # MinHash permutations and band hashes: fixed, so they agree across workers and runs
-KEY, BAND, FIRST = "_near_key", "_near_band", "_near_first"
+BAND, FIRST = "_near_band", "_near_first"
 GRAMS, SKETCH = "_near_grams", "_near_sketch"
+SRC, DST, NODE, LABEL = "_src", "_dst", "_node", "_label"
 SCREEN_SIGMAS = 5  # how far below the threshold the screen's estimate may fall and the pair still be verified
-PARTITION_BYTES = 64 << 20  # of band rows per bucket task
 ROUND_BYTES_PER_CPU = 32 << 20  # of band rows in the object store at once
 BUCKETED = pa.schema([(BAND, pa.uint64()), (KEY, pa.int64())])
 BAND_ROW_BYTES = sum(f.type.byte_width for f in BUCKETED)  # a band hash and a row key
+PAIRS = pa.schema([(KEY, pa.int64()), (FIRST, pa.int64())])
 DROPS = pa.schema([(KEY, pa.int64()), ("of", pa.string()), ("similarity", pa.float64())])
 
 
@@ -108,22 +124,7 @@ def gram_hashes(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.concatenate([row[full], short])
     order = np.argsort(rows, kind="stable")
     counts = np.bincount(rows, minlength=len(lengths))
-    return _fmix(np.concatenate([grams[full], whole])[order]), np.r_[0, np.cumsum(counts)]
-
-
-def _fmix(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: n-grams that share words get unrelated hashes."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
-def row_keys(batch: pa.Table, ranks: dict[str, int]) -> np.ndarray:
-    """Each row's int64 key: its source's rank, then its record number."""
-    rank = np.array([ranks[s] for s in batch["source"].to_pylist()], dtype=np.int64)
-    return (rank << 32) | batch["_row"].to_numpy(zero_copy_only=False).astype(np.int64)
+    return fmix(np.concatenate([grams[full], whole])[order]), np.r_[0, np.cumsum(counts)]
 
 
 def _usable(batch: pa.Table) -> np.ndarray:
@@ -206,75 +207,14 @@ def bucket_pairs(*parts: pa.Table) -> pa.Table:
     return pa.table({KEY: pa.array(keys[member]), FIRST: pa.array(first[member])})
 
 
-def _sorted_distinct(x: np.ndarray) -> np.ndarray:
-    """`np.unique` by a sort: numpy 2.4's hash-based `unique` took 2.0 s on 2.3M int64 keys, a sort 0.03 s."""
-    x = np.sort(x)
-    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
-
-
-def _unique_pairs(blocks: list[pa.Table], keys: np.ndarray) -> np.ndarray:
-    """The distinct pairs of `blocks`, as positions in the sorted `keys`."""
-    table = pa.concat_tables(blocks)
-    a, b = np.searchsorted(keys, table[KEY].to_numpy()), np.searchsorted(keys, table[FIRST].to_numpy())
-    packed = _sorted_distinct(a.astype(np.int64) << 32 | b)
-    return np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
-
-
-@ray.remote
-def candidate_keys(*blocks: pa.Table) -> np.ndarray:
-    """The sorted keys of every row in a candidate pair."""
-    return _sorted_distinct(np.concatenate([b[c].to_numpy() for b in blocks for c in (KEY, FIRST)]))
-
-
-@ray.remote
-def pick(block: pa.Table, keys: np.ndarray, columns: list[str]) -> pa.Table:
-    """The key and `columns` of the rows of a block of signatures whose keys are in the sorted `keys`."""
-    mine = block[KEY].to_numpy()
-    at = np.minimum(np.searchsorted(keys, mine), max(len(keys) - 1, 0))
-    return block.select([KEY, *columns]).filter(pa.array(keys[at] == mine if len(keys) else np.zeros(len(mine), bool)))
-
-
-def _in_key_order(blocks: list[pa.Table]) -> pa.Table:
-    rows = pa.concat_tables(blocks)
-    return rows.take(pa.array(np.argsort(rows[KEY].to_numpy()))).combine_chunks()
-
-
-def _sketches_in_key_order(blocks: list[pa.Table]) -> tuple[np.ndarray, np.ndarray]:
-    """The keys and sketches of `pick` blocks in key order, the sketches copied once (an Arrow
-    take of 670,000 rows' sketches held twice their 90 MB)."""
-    keys = np.concatenate([b[KEY].to_numpy() for b in blocks])
-    order = np.argsort(keys)
-    at = np.empty_like(order)
-    at[order] = np.arange(len(order))
-    width = blocks[0].schema.field(SKETCH).type.list_size
-    sketch, start = np.empty((len(keys), width), np.uint8), 0
-    for chunk in (c for b in blocks for c in b[SKETCH].chunks):
-        sketch[at[start:start + len(chunk)]] = chunk.flatten().to_numpy().reshape(len(chunk), width)
-        start += len(chunk)
-    return keys[order], sketch
-
-
-def screen(sketch: np.ndarray, pairs: np.ndarray, threshold: float, chunk: int = 1 << 17) -> np.ndarray:
-    """Which pairs (rows of `sketch`) the sketches do not rule out: the share of equal sketch
-    values estimates J (two values are equal with probability J + (1 - J) / 256); a pair is
-    ruled out where that estimate lies more than `SCREEN_SIGMAS` standard errors below the threshold."""
-    width = sketch.shape[1]
-    equal = np.concatenate([(sketch[p[:, 0]] == sketch[p[:, 1]]).sum(axis=1)
-                            for p in np.split(pairs, range(chunk, len(pairs), chunk))])
-    estimate = (equal / width - 1 / 256) / (1 - 1 / 256)
+def screen(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs of sketches (rows of `a` and `b`) do not rule their pair out: the share of
+    equal sketch values estimates J (two values are equal with probability J + (1 - J) / 256);
+    a pair is ruled out where that estimate lies more than `SCREEN_SIGMAS` standard errors
+    below the threshold."""
+    width = a.shape[1]
+    estimate = ((a == b).sum(axis=1) / width - 1 / 256) / (1 - 1 / 256)
     return estimate >= threshold - SCREEN_SIGMAS * np.sqrt(threshold * (1 - threshold) / width)
-
-
-@ray.remote(num_returns=3)
-def screen_pairs(threshold: float, parts: int, *blocks: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
-    """The candidate pairs (keys) that their sketches do not rule out, the sorted keys of their
-    rows, and how many distinct candidate pairs there were: `blocks` are `parts` blocks of
-    bucket pairs, then the `pick`ed sketches. Blocks come as arguments, not fetched inside: a
-    task blocked in `ray.get` gives up its CPU and Ray starts another worker process."""
-    keys, sketch = _sketches_in_key_order(list(blocks[parts:]))
-    candidates = _unique_pairs(list(blocks[:parts]), keys)
-    screened = keys[candidates[screen(sketch, candidates, threshold)]]
-    return screened, _sorted_distinct(screened.ravel()), len(candidates)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -284,71 +224,115 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return both / union if union else 1.0
 
 
-def components(pairs: np.ndarray, n: int) -> np.ndarray:
-    """The smallest member of each node's connected component (nodes 0..n-1, edges `pairs`)."""
-    label = np.arange(n)
-    while True:
-        low = np.minimum(label[pairs[:, 0]], label[pairs[:, 1]])
-        new = label.copy()
-        np.minimum.at(new, pairs[:, 0], low)
-        np.minimum.at(new, pairs[:, 1], low)
-        while not np.array_equal(new, new[new]):  # pointer jumping: each node straight to its root
-            new = new[new]
-        if np.array_equal(new, label):
-            return label
-        label = new
+def _lists(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """Each row's n-gram hashes."""
+    grams = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values, offsets = grams.values.to_numpy(), grams.offsets.to_numpy()
+    return [values[o:e] for o, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
-class Candidates:
-    """The rows of the screened pairs (`pick` blocks) in key order: keys, ids and n-gram hashes."""
+def _sketches(column: pa.ChunkedArray) -> np.ndarray:
+    width = column.type.list_size
+    return column.combine_chunks().flatten().to_numpy().reshape(-1, width)
 
-    def __init__(self, blocks: list[pa.Table]):
-        rows = _in_key_order(blocks)
-        self.keys, self.ids = rows[KEY].to_numpy(), rows["id"]
-        grams = rows[GRAMS].chunk(0) if rows.num_rows else pa.array([], pa.list_(pa.uint32()))
-        values, offsets = grams.values.to_numpy(), grams.offsets.to_numpy().tolist()
-        self.grams = [values[o:e] for o, e in zip(offsets[:-1], offsets[1:])]
 
-    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
-        """The exact Jaccard similarity of each pair (of positions)."""
-        return np.array([jaccard(self.grams[i], self.grams[j]) for i, j in pairs.tolist()], dtype=np.float64)
+def _similarities(a: pa.ChunkedArray, b: pa.ChunkedArray) -> np.ndarray:
+    """The exact Jaccard similarity of the n-grams of each row of `a` with the same row of `b`."""
+    return np.array([jaccard(x, y) for x, y in zip(_lists(a), _lists(b))], dtype=np.float64)
+
+
+def _distinct_pairs(later: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((first, later))
+    later, first = later[order], first[order]
+    new = run_starts(later, first)
+    return later[new], first[new]
+
+
+def _rows(sig: pa.Table, keys: np.ndarray, columns: list[str]) -> pa.Table:
+    """`columns` of the rows of `sig` (a part of the signatures, in key order) with `keys`."""
+    return sig.select(columns).take(pa.array(np.searchsorted(sig[KEY].to_numpy(), keys)))
+
+
+@ray.remote
+def first_side(sig: pa.Table, parts: int, *pairs: pa.Table) -> list:
+    """Candidate pairs, round one, in the part of their later row: the distinct (later, first)
+    pairs with the later row's sketch and n-grams, cut into parts by the first row's key; and
+    how many pairs there were (call with `num_returns=parts + 1`)."""
+    table = concat(pairs, PAIRS)
+    later, first = _distinct_pairs(table[KEY].to_numpy(), table[FIRST].to_numpy())
+    rows = _rows(sig, later, [SKETCH, GRAMS])
+    out = pa.table([later, first, rows[SKETCH], rows[GRAMS]], names=[KEY, FIRST, SKETCH, GRAMS])
+    return [*cut(out, part_of(first, parts), parts), len(later)]
+
+
+@ray.remote
+def verify(sig: pa.Table, threshold: float, parts: int, *halves: pa.Table) -> list:
+    """Candidate pairs, round two, in the part of their first row: a pair that the sketches rule
+    out, then one whose exact Jaccard is below the threshold, is dropped (LSH's false positives);
+    the rest as edges both ways cut into parts by their source; and [screened, verified]
+    (call with `num_returns=parts + 1`)."""
+    table = pa.concat_tables(halves)
+    first = _rows(sig, table[FIRST].to_numpy(), [SKETCH, GRAMS])
+    screened = np.flatnonzero(screen(_sketches(table[SKETCH]), _sketches(first[SKETCH]), threshold))
+    similar = _similarities(table[GRAMS].take(screened), first[GRAMS].take(screened)) >= threshold
+    edge = screened[similar]
+    a, b = table[KEY].to_numpy()[edge], table[FIRST].to_numpy()[edge]
+    src, dst = np.r_[a, b], np.r_[b, a]
+    return [*cut(pa.table({SRC: src, DST: dst}), part_of(src, parts), parts), np.array([len(screened), len(edge)])]
+
+
+@ray.remote
+def adjacency(*edges: pa.Table) -> tuple[np.ndarray, ...]:
+    """A part's nodes, their edges (source, destination, the source's position among the nodes)
+    and their labels: to start, each node its own."""
+    table = pa.concat_tables(edges)
+    src, dst = table[SRC].to_numpy(), table[DST].to_numpy()
+    nodes = np.unique(src)
+    return nodes, np.searchsorted(nodes, src), dst, nodes.copy()
+
+
+@ray.remote
+def propagate(parts: int, state: tuple, start: bool, *messages: pa.Table) -> list:
+    """A round of min-label propagation in a part: each node takes the smallest label that its
+    neighbours sent, and each node whose label fell (every node, at the start) sends its label
+    to its neighbours. Returns the new state, the messages cut by their destination's part, and
+    how many labels fell (call with `num_returns=parts + 2`)."""
+    nodes, at, dst, label = state
+    new = label.copy()
+    if messages:
+        table = pa.concat_tables(messages)
+        np.minimum.at(new, np.searchsorted(nodes, table[NODE].to_numpy()), table[LABEL].to_numpy())
+    fell = np.ones(len(nodes), bool) if start else new < label
+    send = fell[at]
+    to, sent = dst[send], new[at[send]]
+    order = np.lexsort((sent, to))
+    to, sent = to[order], sent[order]
+    smallest = run_starts(to)
+    table = pa.table({NODE: to[smallest], LABEL: sent[smallest]})
+    return [(nodes, at, dst, new), *cut(table, part_of(to[smallest], parts), parts), int(fell.sum())]
+
+
+@ray.remote
+def roots(state: tuple, sig: pa.Table, parts: int) -> list:
+    """Every node of a part that is not its component's smallest: (key, the smallest's key, its
+    n-grams), cut into parts by the smallest's key (call with `num_returns=parts`)."""
+    nodes, _, _, label = state
+    later = np.flatnonzero(label != nodes)
+    table = pa.table([nodes[later], label[later], _rows(sig, nodes[later], [GRAMS])[GRAMS]], names=[KEY, FIRST, GRAMS])
+    return cut(table, part_of(label[later], parts), parts)
+
+
+@ray.remote(num_returns=3)
+def name_drops(sig: pa.Table, *halves: pa.Table) -> tuple[pa.Table, int, int]:
+    """The rows to drop whose cluster's first row is in this part: (key, the first row's id, their
+    exact Jaccard) in key order; how many, and how many clusters."""
+    table = pa.concat_tables(halves)
+    first = _rows(sig, table[FIRST].to_numpy(), ["id", GRAMS])
+    drops = by_key(pa.table([table[KEY], first["id"], _similarities(table[GRAMS], first[GRAMS])], schema=DROPS))
+    return drops, drops.num_rows, len(np.unique(table[FIRST].to_numpy()))
 
 
 COUNTS = ("candidate_pairs", "screened_pairs", "verified_pairs", "clusters", "near_duplicates")
-
-
-@ray.remote(num_returns=2)
-def clusters(screened: np.ndarray, candidates: int, threshold: float, *picked: pa.Table) -> tuple[pa.Table, dict]:
-    """The rows to drop (key, the first row's id, their exact Jaccard) and the step's counts.
-
-    One task: verifying the pairs in a task per block measured 1.03x faster on 2 CPUs and
-    1.46x the peak memory at 4x the reviews (each task held its own index of the candidates).
-    """
-    rows = Candidates(list(picked))
-    pairs = np.searchsorted(rows.keys, screened)
-    pairs = pairs[rows.jaccard(pairs) >= threshold]  # LSH's false positives dropped
-    root = components(pairs, len(rows.keys))
-    drop = np.flatnonzero(root != np.arange(len(rows.keys)))
-    table = pa.table([rows.keys[drop], rows.ids.take(pa.array(root[drop])),
-                      rows.jaccard(np.stack([drop, root[drop]], axis=1))], schema=DROPS)
-    counts = dict(zip(COUNTS, (candidates, len(screened), len(pairs), len(_sorted_distinct(root[drop])), len(drop))))
-    return table, counts
-
-
-@lru_cache(maxsize=4)
-def _get(ref: ray.ObjectRef):
-    """An object broadcast to the map tasks, fetched once per worker process."""
-    return ray.get(ref)
-
-
-def attach(batch: pa.Table, *, ranks: dict, drops: ray.ObjectRef, of: str, similarity: str) -> pa.Table:
-    """Add the cluster's first row id and the similarity to it, for the rows to drop (null elsewhere)."""
-    table = _get(drops)
-    keys, mine = table[KEY].to_numpy(), row_keys(batch, ranks)
-    at = np.minimum(np.searchsorted(keys, mine), max(len(keys) - 1, 0))
-    hit = keys[at] == mine if len(keys) else np.zeros(len(mine), dtype=bool)
-    take = pa.array(np.where(hit, at, 0), mask=~hit)
-    return batch.append_column(of, table["of"].take(take)).append_column(similarity, table["similarity"].take(take))
 
 
 class NearDedup(Filter):
@@ -383,24 +367,47 @@ class NearDedup(Filter):
         ranks = {s: i for i, s in enumerate(sorted(f.uri for f in inputs.files))}
         kwargs = dict(ranks=ranks, ngram=self.ngram, num_perm=self.num_perm, bands=self.bands, rows=self.rows)
         signed = ds.map_batches(signature_rows, batch_format="pyarrow", fn_kwargs=kwargs).materialize()
+        schema = signature_rows(CANONICAL.empty_table(), **kwargs).schema
         # an input without rows has no blocks: one empty block keeps every step's shape
-        blocks = signed.to_arrow_refs() or [ray.put(signature_rows(CANONICAL.empty_table(), **kwargs))]
+        blocks = signed.to_arrow_refs() or [ray.put(schema.empty_table())]
+        parts = partitions(signed.size_bytes())
         pair_refs = self._bucket(blocks, signed.count())
         del signed
-        candidates = candidate_keys.remote(*pair_refs)
-        sketches = [pick.remote(block, candidates, [SKETCH]) for block in blocks]
-        screened, needed, n = screen_pairs.remote(self.threshold, len(pair_refs), *pair_refs, *sketches)
-        drops, counts = clusters.remote(screened, n, self.threshold,
-                                        *[pick.remote(block, needed, ["id", GRAMS]) for block in blocks])
-        del blocks, pair_refs, sketches
-        c = ray.get(counts)
-        print(f"{self.name}: {c['candidate_pairs']:,} candidate pairs, {c['screened_pairs']:,} after their sketches, "
-              f"{c['verified_pairs']:,} at Jaccard >= "
-              f"{self.threshold}: {c['near_duplicates']:,} near-duplicates of {c['clusters']:,} reviews",
-              file=sys.stderr)
+        splits = [split.options(num_returns=parts).remote(block, KEY, parts) for block in blocks]
+        sig = [gather.remote(schema, *[s[p] for s in splits]) for p in range(parts)]
+        splits = [split.options(num_returns=parts).remote(pairs, KEY, parts) for pairs in pair_refs]
+        halves = [first_side.options(num_returns=parts + 1).remote(sig[p], parts, *[s[p] for s in splits])
+                  for p in range(parts)]
+        verified = [verify.options(num_returns=parts + 1).remote(sig[p], self.threshold, parts, *[h[p] for h in halves])
+                    for p in range(parts)]
+        del blocks, pair_refs, splits
+        candidates = sum(ray.get([h[parts] for h in halves]))
+        screened, pairs = np.sum(ray.get([v[parts] for v in verified]), axis=0).tolist()
+        labels, rounds = self._components([adjacency.remote(*[v[p] for v in verified]) for p in range(parts)],
+                                          parts)
+        del halves, verified
+        found = [roots.options(num_returns=parts).remote(labels[p], sig[p], parts) for p in range(parts)]
+        named = [name_drops.remote(sig[p], *[f[p] for f in found]) for p in range(parts)]
+        drops, clusters = sum(ray.get([n[1] for n in named])), sum(ray.get([n[2] for n in named]))
+        print(f"{self.name}: {candidates:,} candidate pairs, {screened:,} after their sketches, "
+              f"{pairs:,} at Jaccard >= {self.threshold}: {drops:,} near-duplicates of {clusters:,} reviews "
+              f"({parts} parts, clusters in {rounds} rounds)", file=sys.stderr)
         of, similarity = self._columns
-        return ds.map_batches(attach, batch_format="pyarrow",
-                              fn_kwargs={"ranks": ranks, "drops": drops, "of": of, "similarity": similarity})
+        return ds.map_batches(Drops.build([n[0] for n in named], drops, DROPS).attach, batch_format="pyarrow",
+                              fn_kwargs={"ranks": ranks, "names": {"of": of, "similarity": similarity}})
+
+    @staticmethod
+    def _components(states: list[ray.ObjectRef], parts: int) -> tuple[list[ray.ObjectRef], int]:
+        """Min-label propagation over the parts until no label falls: a round per step of a
+        cluster's longest path from its first row, and one more. Returns the states and the rounds."""
+        messages, start = [[] for _ in range(parts)], True
+        for rounds in itertools.count(1):
+            out = [propagate.options(num_returns=parts + 2).remote(parts, states[p], start, *messages[p])
+                   for p in range(parts)]
+            states, start = [o[0] for o in out], False
+            messages = [[o[1 + p] for o in out] for p in range(parts)]
+            if sum(ray.get([o[parts + 1] for o in out])) == 0:
+                return states, rounds
 
     def _bucket(self, blocks: list[ray.ObjectRef], n: int) -> list[ray.ObjectRef]:
         """The bucket pairs of every band, a round of bands at a time: the object store holds
