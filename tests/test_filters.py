@@ -80,6 +80,17 @@ def test_dedup_keeps_the_first_occurrence_by_source_and_row():
     assert scores["duplicate_of"].to_pylist() == ["f:2", None, None, "f:2", None, None]
 
 
+def test_a_classifier_step_compares_the_label_and_probability_its_actors_wrote():
+    step = parse_recipe("classifier: {model: m, keep: [4, '5'], min_score: 0.5, name: stars}\n")
+    label, score = step.columns
+    b = batch(["a", "b", "c", "d", None]).append_column(label, pa.array(["5", "4", "3", "5", None])).append_column(
+        score, pa.array([0.9, 0.4, 0.99, 0.5, None]))
+    mask, scores = step.evaluate(b)
+    assert mask.tolist() == [True, False, False, True, False]
+    assert scores["stars_label"].to_pylist() == ["5", "4", "3", "5", None]
+    assert [f.name for f in step.score_fields] == ["stars_label", "stars_score"]
+
+
 def test_algebra_and_or_not():
     brand, product = keywords.brand(), keywords.product()
     texts = ["nike shoes", "nike", "shoes", "nothing"]
@@ -154,6 +165,8 @@ def test_default_recipe_is_the_reference_selection():
     ("all:\n  - length: {}\n", "recipe:2: filter 'length': length needs"),
     ("all:\n  - [a, b]\n", "recipe:2: expected a filter name"),
     ("brand: 3\n", "recipe:1: parameters of 'brand' must be a mapping"),
+    ("all:\n  - classifier: {model: m, keep: []}\n", "recipe:2: filter 'classifier': keep takes a non-empty list"),
+    ("classifier: {model: m, keep: [1], min_score: 2}\n", "recipe:1: filter 'classifier': min_score must be"),
 ])
 def test_recipe_errors_name_the_line(text, message):
     with pytest.raises(UsageError) as err:

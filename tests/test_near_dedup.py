@@ -72,6 +72,7 @@ def test_the_sketch_screen_keeps_pairs_near_the_threshold_and_rules_out_distant_
     base = np.arange(64, dtype=np.uint8)
     sketch = np.stack([np.where(np.arange(64) < agree, base, base + 100) for agree in (64, 45, 30)])
     assert screen(sketch, np.stack([base] * 3), 0.8).tolist() == [True, True, False]
+    assert screen(sketch, np.stack([base] * 3), 0.8, chunk=2).tolist() == [True, True, False]
     grams = pa.array([[1, 3], [1, 2], [5]], pa.list_(pa.uint32()))
     assert _similarities(grams, pa.array([[1, 2], [1, 2], [6]], pa.list_(pa.uint32()))).tolist() == [1 / 3, 1, 0]
 

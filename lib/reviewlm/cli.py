@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="YAML filter recipe (default: the reference selection)")
     p.add_argument("--mode", choices=["drop", "annotate"], default="drop",
                    help="drop: split kept/rejected; annotate: keep every row with its scores")
+    p.add_argument("--num-actors", type=int, help="actors per classifier step (default: one per CPU, or GPU)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per classifier actor, fp16")
     _run_options(p)
 
     p = sub.add_parser("train", help="fine-tune DistilBERT on Ray Train (masked LM, any classes, 1-5 stars)")
@@ -167,7 +169,8 @@ def run_filter(args) -> FilterStats:
     from reviewlm.filters.stage import filter_reviews
 
     stats = filter_reviews(args.inputs, args.output, recipe=load_recipe(args.recipe), columns=_columns_of(args),
-                           fmt=args.format, mode=args.mode, run=_run(args))
+                           fmt=args.format, mode=args.mode, run=_run(args), use_gpu=args.use_gpu,
+                           num_actors=args.num_actors)
     print(format_funnel(stats))
     print(f"wrote {args.output}")
     return stats

@@ -207,13 +207,15 @@ def bucket_pairs(*parts: pa.Table) -> pa.Table:
     return pa.table({KEY: pa.array(keys[member]), FIRST: pa.array(first[member])})
 
 
-def screen(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+def screen(a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 1 << 17) -> np.ndarray:
     """Which pairs of sketches (rows of `a` and `b`) do not rule their pair out: the share of
     equal sketch values estimates J (two values are equal with probability J + (1 - J) / 256);
     a pair is ruled out where that estimate lies more than `SCREEN_SIGMAS` standard errors
-    below the threshold."""
+    below the threshold. `chunk` pairs at a time."""
     width = a.shape[1]
-    estimate = ((a == b).sum(axis=1) / width - 1 / 256) / (1 - 1 / 256)
+    equal = np.concatenate([np.zeros(0), *((a[i:i + chunk] == b[i:i + chunk]).sum(axis=1)
+                                           for i in range(0, len(a), chunk))])
+    estimate = (equal / width - 1 / 256) / (1 - 1 / 256)
     return estimate >= threshold - SCREEN_SIGMAS * np.sqrt(threshold * (1 - threshold) / width)
 
 

@@ -21,6 +21,7 @@ import yaml
 from reviewlm.errors import UsageError
 from reviewlm.filters import keywords
 from reviewlm.filters.base import All, Any, Expr, Not
+from reviewlm.filters.classifier import Classifier
 from reviewlm.filters.dedup import Dedup
 from reviewlm.filters.near_dedup import NearDedup
 from reviewlm.filters.sentiment import Sentiment
@@ -37,6 +38,7 @@ FILTERS = {
     "unwanted": keywords.unwanted,
     "dedup": Dedup,
     "near_dedup": NearDedup,
+    "classifier": Classifier,
 }
 
 

@@ -14,9 +14,11 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data import ActorPoolStrategy
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, Filter, scatter
+from reviewlm.filters.classifier import ALIVE, Classifier, RowClassifier
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
 from reviewlm.io.ledger import PIECES, Done, Keys, ledger_path, recover, skip_done, unread
 from reviewlm.io.pieces import plan_pieces
@@ -27,7 +29,9 @@ from reviewlm.io.storage import OutputDir, fingerprints
 from reviewlm.options import RunOptions
 from reviewlm.progress import Meter, progress
 from reviewlm.results import FilterStats, StepStats
-from reviewlm.runtime import init_ray
+from reviewlm.runtime import actor_pool, init_ray
+
+DROPPED = "_dropped_by"
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -40,25 +44,41 @@ def score_fields(expr: Expr) -> list[pa.Field]:
     return out
 
 
-def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
-    """Add score columns, `dropped_by` and `_route` (kept/rejected/quarantine) to a batch."""
+def route_batch(batch: pa.Table, expr: Expr, mode: str, first: int = 0, last: int | None = None) -> pa.Table:
+    """Add score columns, `dropped_by` and `_route` (kept/rejected/quarantine) to a batch.
+
+    With `first`/`last`, only those funnel steps: what the steps so far decided travels in
+    the batch (`ALIVE`, `DROPPED` and the score columns) to the next map, so that a model
+    between two maps sees only the rows still alive (`filters.classifier`)."""
+    steps = expr.conjuncts()
+    last = len(steps) if last is None else last
     n = batch.num_rows
     parsed = pc.is_null(batch["_error"]).to_numpy(zero_copy_only=False)
-    alive = parsed.copy()
-    dropped_by = np.full(n, None, dtype=object)
-    scores: dict[str, pa.Array] = {}
-    for step in expr.conjuncts():
+    if ALIVE in batch.column_names:
+        alive = batch[ALIVE].to_numpy(zero_copy_only=False).copy()
+        dropped_by = np.array(batch[DROPPED].to_pylist(), dtype=object)
+        batch = batch.drop_columns([ALIVE, DROPPED])
+    else:
+        alive, dropped_by = parsed.copy(), np.full(n, None, dtype=object)
+    for step in steps[first:last]:
         rows = np.flatnonzero(alive if mode == "drop" else parsed)
         if len(rows) == 0:
             continue
         keep, step_scores = step.evaluate(batch.take(rows))
         for name, values in step_scores.items():
-            scores[name] = scatter(pa.array(values) if not isinstance(values, pa.Array) else values, rows, n)
+            column = scatter(pa.array(values) if not isinstance(values, pa.Array) else values, rows, n)
+            at = batch.schema.get_field_index(name)
+            batch = batch.set_column(at, name, column) if at >= 0 else batch.append_column(name, column)
         failing = rows[~keep]
         newly = failing[alive[failing]]
         dropped_by[newly] = step.name
         alive[newly] = False
-    for f in score_fields(expr):
+    if last < len(steps):
+        return batch.append_column(ALIVE, pa.array(alive)).append_column(DROPPED, pa.array(dropped_by, pa.string()))
+    fields = score_fields(expr)
+    scores = {f.name: batch[f.name] for f in fields if f.name in batch.column_names}
+    batch = batch.drop_columns(list(scores))
+    for f in fields:
         batch = batch.append_column(f, scores[f.name].cast(f.type) if f.name in scores else pa.nulls(n, f.type))
     route = np.where(~parsed, "quarantine", np.where(alive | (mode == "annotate"), "kept", "rejected"))
     batch = batch.append_column("dropped_by", pa.array(dropped_by, pa.string()))
@@ -66,6 +86,30 @@ def route_batch(batch: pa.Table, expr: Expr, mode: str) -> pa.Table:
         batch = batch.append_column("keep", pa.array(alive))
     batch = batch.rename_columns({k: v for k, v in QUARANTINE.items() if k != v})
     return batch.append_column(KIND, error_kind(batch["error"])).append_column("_route", pa.array(route))
+
+
+def route(ds, expr: Expr, mode: str, models: dict[str, str], use_gpu: bool = False, num_actors: int | None = None):
+    """The funnel over a dataset: its steps in maps and, before a step with a classifier, the
+    classifier's actor pool (on the rows still alive; every parsed row in annotate mode).
+    `models` holds each classifier's checked model reference by its name."""
+    first = 0
+    for at, step in enumerate(expr.conjuncts()):
+        classifiers = [leaf for leaf in step.leaves() if isinstance(leaf, Classifier)]
+        if not classifiers:
+            continue
+        if at > first:
+            ds = ds.map_batches(route_batch, fn_kwargs={"expr": expr, "mode": mode, "first": first, "last": at},
+                                batch_format="pyarrow", batch_size=None)
+        for leaf in classifiers:
+            pool = actor_pool(num_actors, use_gpu)
+            ds = ds.map_batches(RowClassifier, fn_constructor_args=(leaf, models[leaf.name], use_gpu, mode),
+                                batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=pool.size),
+                                **pool.resources)
+        first = at
+    # One batch per block (at most DataContext.target_max_block_size): a batch_size would
+    # keep Ray Data from fusing the read into this step and the write.
+    return ds.map_batches(route_batch, fn_kwargs={"expr": expr, "mode": mode, "first": first},
+                          batch_format="pyarrow", batch_size=None)
 
 
 def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
@@ -89,11 +133,13 @@ def funnel(expr: Expr, parsed: int, dropped: dict[str, int]) -> tuple[StepStats,
 
 
 def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Columns = Columns(),
-                   fmt: str | None = None, mode: str = "drop", run: RunOptions = RunOptions()) -> FilterStats:
+                   fmt: str | None = None, mode: str = "drop", run: RunOptions = RunOptions(),
+                   use_gpu: bool = False, num_actors: int | None = None) -> FilterStats:
     """Run the filter job; return its stats (stats.json).
 
-    Inputs and output are checked before Ray starts; then Ray is joined or started
-    (see `init_ray`) unless the caller already did.
+    Inputs, output and the classifiers' models are checked before Ray starts; then Ray is
+    joined or started (see `init_ray`) unless the caller already did. `use_gpu` gives each
+    classifier actor a GPU; `num_actors` sets their number (default: one per CPU, or GPU).
     """
     if mode not in ("drop", "annotate"):
         raise UsageError(f"{{o}} must be drop or annotate, not {mode!r}", o="mode")
@@ -101,6 +147,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
     if len(set(names)) != len(names):
         raise UsageError(f"recipe steps need distinct names for the funnel: {names}")
     source = check_inputs(inputs, columns, fmt, delimiter=run.delimiter, encoding=run.encoding)
+    models = {leaf.name: leaf.check() for leaf in recipe.leaves() if isinstance(leaf, Classifier)}
     out = OutputDir(output, "filter", run.overwrite, ledger=True).prepare(run.resume, run.arguments,
                                                                           fingerprints(source))
     with out:
@@ -126,10 +173,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
                 ds = leaf.prepare(ds, source, len(pieces))
             ds = skip_done(ds, done, Keys("_row", "source"))  # after dedup, which sees every row
-            # One batch per block (at most DataContext.target_max_block_size): a batch_size
-            # would keep Ray Data from fusing the read into this step and the write.
-            ds = ds.map_batches(route_batch, fn_kwargs={"expr": recipe, "mode": mode},
-                                batch_format="pyarrow", batch_size=None)
+            ds = route(ds, recipe, mode, models, use_gpu, num_actors)
             sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", KIND), tally=tally,
                                      prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source"), done=done)
             ds.write_datasink(sink)

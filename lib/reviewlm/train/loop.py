@@ -47,6 +47,7 @@ class LoopConfig:
     class_weights: tuple[float, ...] = ()  # per class, for the training loss; () is unweighted
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
+    max_length: int = 512  # a classifier's tokens per text; saved as its tokenizer's model_max_length
 
     @classmethod
     def derive(cls, args, *, model: str, total_steps: int, labels: tuple[str, ...] = (),
@@ -224,7 +225,10 @@ def set_up(config: LoopConfig) -> Run:
     optimizer = adamw(model, config.learning_rate, config.weight_decay)
     total = config.total_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    return Run(config, model, hf, AutoTokenizer.from_pretrained(model_path), optimizer, scheduler,
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if config.task != "mlm":  # what loads the classifier cuts texts as training did
+        tokenizer.model_max_length = config.max_length
+    return Run(config, model, hf, tokenizer, optimizer, scheduler,
                torch.amp.GradScaler(enabled=use_amp and config.precision == "fp16"), dense_grads, device, use_amp,
                ctx.get_world_rank(), ctx.get_world_size())
 
