@@ -1,10 +1,11 @@
 """A `classifier:` recipe step against transformers' text-classification pipeline, and its cost in the filter job.
 
     .venv/bin/python bench/classifier_filter.py [--rows 4000] [--model starter] [--batch-size 32]
+        [--min-words 20] [--max-words 80]
 
 The classifier: `--model`'s body with a 5-star head (drawn with a seed: the speed does not
 depend on the weights), saved as `train --task stars` saves one (`model_max_length` 128).
-Reviews: synthesized, 20-80 words, in one JSON Lines file.
+Reviews: synthesized, `--min-words` to `--max-words` words, in one JSON Lines file.
 
 1. Per core: transformers' pipeline (`truncation=True`, `batch_size`) and reviewlm's
    `RowClassifier` actor class called in-process, both on one thread, on the same rows
@@ -82,16 +83,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4000)
     ap.add_argument("--model", default="starter")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--min-words", type=int, default=20)
+    ap.add_argument("--max-words", type=int, default=80)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="reviewlm-classifier-"))
     model = star_classifier(resolve_model(args.model), tmp / "stars")
-    texts = synth_rows(args.rows, seed=21, min_words=20, max_words=80)["text"].to_pylist()
+    texts = synth_rows(args.rows, seed=21, min_words=args.min_words, max_words=args.max_words)["text"].to_pylist()
     (tmp / "reviews.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     per_core(model, texts[:1024], args.batch_size)
     plain = job(tmp / "reviews.jsonl", tmp / "plain", "non_null\n")
     step = job(tmp / "reviews.jsonl", tmp / "step",
                f"all:\n  - non_null\n  - classifier: {{model: {model}, keep: [4, 5], batch_size: {args.batch_size}}}\n")
-    print(f"filter job, 2 CPUs, {args.rows:,} reviews: non_null {plain:.1f} s ({args.rows / plain:,.0f} rows/s), "
+    print(f"filter job, 2 CPUs, {args.rows:,} reviews of {args.min_words}-{args.max_words} words: "
+          f"non_null {plain:.1f} s ({args.rows / plain:,.0f} rows/s), "
           f"with the classifier {step:.1f} s ({args.rows / step:,.0f} rows/s)")
 
 
