@@ -8,15 +8,13 @@ label and its probability that the actors wrote beside each row.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from reviewlm.errors import UsageError
 from reviewlm.filters.base import Filter, scatter
-from reviewlm.score.scorer import ClassifyScorer, _inference
+from reviewlm.score.scorer import ClassifyScorer, _inference, class_names
 
 ALIVE = "_alive"  # the rows no earlier step dropped, carried between the filter stage's maps
 
@@ -47,17 +45,14 @@ class Classifier(Filter):
         labels are known to include every label in `keep`."""
         from transformers import AutoConfig
 
-        from reviewlm.models import resolve_model
+        from reviewlm.models import portable_ref, resolve_model
 
-        path = resolve_model(self.model)
-        config = AutoConfig.from_pretrained(path)
-        labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        labels = class_names(AutoConfig.from_pretrained(resolve_model(self.model)))
         missing = [k for k in self.keep if k not in labels]
         if missing:
             raise UsageError(f"classifier {self.name!r}: {missing[0]!r} is not a label of {self.model} "
                              f"(its labels: {', '.join(labels)})")
-        local = os.path.expanduser(self.model)
-        return os.path.abspath(local) if os.path.isdir(local) else self.model
+        return portable_ref(self.model)
 
     def apply(self, batch):
         label, score = self.columns

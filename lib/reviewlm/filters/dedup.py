@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import ray
 
 from reviewlm.filters.base import Filter
-from reviewlm.filters.keyed import KEY, Drops, partitions, row_keys, run_starts, source_rows, split
+from reviewlm.filters.keyed import KEY, Drops, partitions, row_keys, run_firsts, source_rows, split, usable
 
 H1, H2, OF = "_text_hash1", "_text_hash2", "_duplicate_of"
 HASHED = pa.schema([(KEY, pa.int64()), (H1, pa.uint64()), (H2, pa.uint64())])
@@ -37,10 +37,9 @@ def text_hashes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def hashed_rows(batch: pa.Table, *, ranks: dict[str, int]) -> pa.Table:
     """The key and text hashes of each parsed row with text."""
-    usable = pa.array(pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])).to_numpy(
-        zero_copy_only=False))
-    h1, h2 = text_hashes(batch["text"].filter(usable))
-    return pa.table([pa.array(row_keys(batch, ranks)[usable.to_numpy(zero_copy_only=False)]), h1, h2], schema=HASHED)
+    rows = usable(batch)
+    h1, h2 = text_hashes(batch["text"].filter(pa.array(rows)))
+    return pa.table([pa.array(row_keys(batch, ranks)[rows]), h1, h2], schema=HASHED)
 
 
 def later_copies(rows: pa.Table, uris: list[str]) -> pa.Table:
@@ -48,8 +47,7 @@ def later_copies(rows: pa.Table, uris: list[str]) -> pa.Table:
     h1, h2, keys = (rows[c].to_numpy() for c in (H1, H2, KEY))
     order = np.lexsort((keys, h2, h1))
     h1, h2, keys = h1[order], h2[order], keys[order]
-    starts = np.flatnonzero(run_starts(h1, h2))
-    first = np.repeat(keys[starts], np.diff(np.r_[starts, len(keys)]))
+    first = run_firsts(keys, h1, h2)
     later = np.flatnonzero(first != keys)
     later = later[np.argsort(keys[later])]
     return pa.table([pa.array(keys[later]), source_rows(first[later], uris)], schema=DROPS)

@@ -27,6 +27,11 @@ def row_keys(batch: pa.Table, ranks: dict[str, int]) -> np.ndarray:
     return (rank << 32) | batch["_row"].to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def usable(batch: pa.Table) -> np.ndarray:
+    """Which rows were parsed and have a text: the rows either dedup compares."""
+    return pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])).to_numpy(zero_copy_only=False)
+
+
 def source_rows(keys: np.ndarray, uris: list[str]) -> pa.Array:
     """`source:row` of each key (`uris` in rank order)."""
     rows = pa.array(keys & 0xFFFFFFFF).cast(pa.string())
@@ -64,6 +69,12 @@ def run_starts(*columns: np.ndarray) -> np.ndarray:
     starts = np.ones(len(columns[0]), bool)
     starts[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in columns])
     return starts
+
+
+def run_firsts(keys: np.ndarray, *columns: np.ndarray) -> np.ndarray:
+    """For rows sorted by `columns`, then `keys`: each row's run's first key."""
+    starts = np.flatnonzero(run_starts(*columns))
+    return np.repeat(keys[starts], np.diff(np.r_[starts, len(keys)]))
 
 
 def concat(tables: tuple[pa.Table, ...] | list[pa.Table], schema: pa.Schema) -> pa.Table:

@@ -54,8 +54,10 @@ from reviewlm.filters.keyed import (
     part_of,
     partitions,
     row_keys,
+    run_firsts,
     run_starts,
     split,
+    usable,
 )
 from reviewlm.io.layout import CANONICAL
 
@@ -127,22 +129,18 @@ def gram_hashes(text: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     return fmix(np.concatenate([grams[full], whole])[order]), np.r_[0, np.cumsum(counts)]
 
 
-def _usable(batch: pa.Table) -> np.ndarray:
-    return pc.and_(pc.is_null(batch["_error"]), pc.is_valid(batch["text"])).to_numpy(zero_copy_only=False)
-
-
 def signature_rows(batch: pa.Table, *, ranks: dict, ngram: int, num_perm: int, bands: int, rows: int) -> pa.Table:
     """One row per parsed review with words: its key, id, the distinct hashes of its n-grams,
     sorted and kept to 32 bits (two n-grams of a pair of 100-word reviews collide with odds of
     about 1 in 400,000), and its sketch: the low 8 bits of the `bands` x `rows` MinHash values
     its LSH bands are cut from (b-bit MinHash: two values of a pair at Jaccard J are equal
     with probability J + (1 - J) / 256)."""
-    usable = _usable(batch)
-    grams, offsets = gram_hashes(batch["text"].filter(pa.array(usable)), ngram)
+    used = usable(batch)
+    grams, offsets = gram_hashes(batch["text"].filter(pa.array(used)), ngram)
     signed = np.diff(offsets) > 0  # a text without words has no signature
     sketch = minhash_sketches(grams, offsets, num_perm, bands * rows)[signed]
     values, offsets = _distinct((grams >> np.uint64(32)).astype(np.uint32), offsets)
-    return pa.table([pa.array(row_keys(batch, ranks)[usable][signed]), batch["id"].filter(pa.array(usable)).filter(
+    return pa.table([pa.array(row_keys(batch, ranks)[used][signed]), batch["id"].filter(pa.array(used)).filter(
         pa.array(signed)), pa.ListArray.from_arrays(pa.array(offsets[np.r_[True, signed]].astype(np.int32)),
                                                     pa.array(values)),
         pa.FixedSizeListArray.from_arrays(pa.array(sketch.ravel()), bands * rows)], names=[KEY, "id", GRAMS, SKETCH])
@@ -186,11 +184,7 @@ def split_bands(block: pa.Table, bands: int, parts: int, first: int, last: int) 
     h = ((sketch.astype(np.uint64) * mix[:rows]).sum(axis=2) + mix[rows + first:rows + last]).ravel()
     h ^= h >> np.uint64(29)
     keys = np.repeat(block[KEY].to_numpy(), last - first)
-    part = (h % np.uint64(parts)).astype(np.int64)
-    order = np.argsort(part, kind="stable")
-    cuts = np.searchsorted(part[order], np.arange(parts + 1))
-    return [pa.table({BAND: pa.array(h[order[a:b]]), KEY: pa.array(keys[order[a:b]])})
-            for a, b in zip(cuts[:-1], cuts[1:])]
+    return cut(pa.table({BAND: h, KEY: keys}), (h % np.uint64(parts)).astype(np.int64), parts)
 
 
 @ray.remote
@@ -201,8 +195,7 @@ def bucket_pairs(*parts: pa.Table) -> pa.Table:
     bands, keys = block[BAND].to_numpy(), block[KEY].to_numpy()
     order = np.lexsort((keys, bands))
     bands, keys = bands[order], keys[order]
-    starts = np.flatnonzero(np.r_[len(bands) > 0, bands[1:] != bands[:-1]])
-    first = np.repeat(keys[starts], np.diff(np.r_[starts, len(bands)]))
+    first = run_firsts(keys, bands)
     member = first != keys
     return pa.table({KEY: pa.array(keys[member]), FIRST: pa.array(first[member])})
 
@@ -332,9 +325,6 @@ def name_drops(sig: pa.Table, *halves: pa.Table) -> tuple[pa.Table, int, int]:
     first = _rows(sig, table[FIRST].to_numpy(), ["id", GRAMS])
     drops = by_key(pa.table([table[KEY], first["id"], _similarities(table[GRAMS], first[GRAMS])], schema=DROPS))
     return drops, drops.num_rows, len(np.unique(table[FIRST].to_numpy()))
-
-
-COUNTS = ("candidate_pairs", "screened_pairs", "verified_pairs", "clusters", "near_duplicates")
 
 
 class NearDedup(Filter):
