@@ -119,3 +119,32 @@ def test_two_named_classifiers_and_a_label_the_model_lacks(ray_cluster, tiny, tm
     res = run_cli("filter", tmp_path / "in.jsonl", "--output", tmp_path / "bad", "--recipe", tmp_path / "bad.yaml")
     assert res.returncode == 2 and "'6' is not a label of" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_gpu_classifier_step_is_planned_with_a_batch_size(ray_cluster, tiny, tmp_path):
+    """Ray Data refuses a GPU map without a batch size (seen on an H200, where `filter --use-gpu`
+    failed so); the plan is built here, on no GPU, without running it."""
+    import ray
+    from reviewlm.filters.stage import GPU_CALL_ROWS, route
+
+    model = str(classifier_dir(tiny, tmp_path / "stars"))
+    recipe = parse_recipe(f"all:\n  - non_null\n  - classifier: {{model: {model}, keep: [5]}}\n")
+    ds = route(ray.data.from_items([{"text": "fine"}]), recipe, "drop", {"classifier": model}, use_gpu=True)
+    op = ds._logical_plan.dag.input_dependencies[0]
+    assert "RowClassifier" in op.name
+    assert (op.ray_remote_args["num_gpus"], op.batch_size) == (1, GPU_CALL_ROWS)
+
+
+def test_a_small_input_is_cut_into_pieces_for_every_cpu_actor(ray_cluster):
+    """A read piece is one call of a CPU classifier actor (Ray Data fuses them): a file under
+    `--split-mb` is cut into two pieces per actor; GPU actors are fed by read tasks instead."""
+    from types import SimpleNamespace
+
+    from reviewlm.filters.stage import MIN_PIECE_BYTES, piece_bytes
+
+    one_mb = SimpleNamespace(files=[SimpleNamespace(size=1_000_000)])
+    assert piece_bytes(one_mb, 64 << 20, True, None) == 250_000  # the run's 2 CPUs: 2 actors
+    assert piece_bytes(one_mb, 64 << 20, True, 5) == 100_000
+    assert piece_bytes(one_mb, 64 << 20, False, None) == 64 << 20
+    assert piece_bytes(one_mb, 100_000, True, None) == 100_000
+    assert piece_bytes(SimpleNamespace(files=[SimpleNamespace(size=9_000)]), 64 << 20, True, None) == MIN_PIECE_BYTES

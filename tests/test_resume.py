@@ -18,6 +18,7 @@ from reviewlm.score.prompts import gather_prompts, load_word_sets
 from reviewlm.synth import write_synth
 
 from tests.conftest import BIN, assert_one_line, kill_job_when, run_job
+from tests.test_classifier_step import classifier_dir
 from tests.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
@@ -101,22 +102,24 @@ def test_a_killed_filter_job_resumes_to_exactly_the_uninterrupted_output(ray_clu
         stats["kept"]
 
 
-def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s3, ray_cluster, tmp_path):
-    """Without dedup each read task goes straight to its write: the resumed run does not read
-    again the pieces the killed one read and wrote whole."""
-    streamed = RECIPE.replace("  - dedup\n", "")
+def test_a_killed_filter_job_on_s3_resumes_to_exactly_the_uninterrupted_output(s3, ray_cluster, tiny, tmp_path):
+    """Without dedup each read piece goes straight to its write (here through a classifier's
+    actors, which Ray Data fuses the reads into): the resumed run does not read again the
+    pieces the killed one read and wrote whole."""
+    model = classifier_dir(tiny, tmp_path / "stars")
+    streamed = RECIPE.replace("  - dedup\n", f"  - classifier: {{model: {model}, keep: [1, 2, 3]}}\n")
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(streamed)
-    write_synth("s3://reviews/resume/in", 16_000, seed=9, shards=2, min_words=20, max_words=40)
+    write_synth("s3://reviews/resume/in", 8_000, seed=9, shards=2, min_words=20, max_words=40)
     stats = filter_reviews(["s3://reviews/resume/in"], "s3://reviews/resume/clean", recipe=parse_recipe(streamed),
-                           run=RunOptions(split_mb=0.5)).to_json()
+                           run=RunOptions(split_mb=0.25)).to_json()
 
     def s3_markers():
         s3.invalidate_cache()
         return markers(s3.glob("reviews/resume/out/_temporary/*/_ledger/*.json"))
 
     argv = [BIN / "reviewlm", "filter", "s3://reviews/resume/in", "--output", "s3://reviews/resume/out",
-            "--recipe", recipe_file, "--split-mb", 0.5, "--num-cpus", 2]
+            "--recipe", recipe_file, "--split-mb", 0.25, "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: len(s3_markers()) >= 1, timeout=180)
     assert not s3.exists("reviews/resume/out/_SUCCESS")
     res = run_job(*argv[1:], "--resume")

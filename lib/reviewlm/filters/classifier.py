@@ -24,15 +24,15 @@ class Classifier(Filter):
     `min_score`; score `{name}_label` and `{name}_score` (the top label's softmax probability)."""
 
     def __init__(self, model: str, keep: list, min_score: float = 0.0, name: str = "classifier",
-                 batch_size: int = 32):
+                 batch_size: int | None = None):
         if not isinstance(keep, list) or not keep:
             raise ValueError("keep takes a non-empty list of labels")
         if not 0 <= float(min_score) <= 1:
             raise ValueError("min_score must be between 0 and 1")
-        if int(batch_size) < 1:
+        if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be at least 1")
         self.model, self.keep, self.min_score = str(model), [str(k) for k in keep], float(min_score)
-        self.name, self.batch_size = name, int(batch_size)
+        self.name, self.batch_size = name, batch_size and int(batch_size)
         self.score_fields = [pa.field(f"{name}_label", pa.string()), pa.field(f"{name}_score", pa.float64())]
 
     @property

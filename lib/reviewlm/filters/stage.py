@@ -32,6 +32,10 @@ from reviewlm.results import FilterStats, StepStats
 from reviewlm.runtime import actor_pool, init_ray
 
 DROPPED = "_dropped_by"
+# Rows per call of a GPU classifier actor (Ray Data needs a batch size for a GPU map; the
+# actor sorts them by length and cuts them into micro-batches)
+GPU_CALL_ROWS = 4096
+MIN_PIECE_BYTES = 1 << 16
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -92,7 +96,7 @@ def route(ds, expr: Expr, mode: str, models: dict[str, str], use_gpu: bool = Fal
     """The funnel over a dataset: its steps in maps and, before a step with a classifier, the
     classifier's actor pool (on the rows still alive; every parsed row in annotate mode).
     `models` holds each classifier's checked model reference by its name."""
-    first = 0
+    first, pooled = 0, False
     for at, step in enumerate(expr.conjuncts()):
         classifiers = [leaf for leaf in step.leaves() if isinstance(leaf, Classifier)]
         if not classifiers:
@@ -103,13 +107,23 @@ def route(ds, expr: Expr, mode: str, models: dict[str, str], use_gpu: bool = Fal
         for leaf in classifiers:
             pool = actor_pool(num_actors, use_gpu)
             ds = ds.map_batches(RowClassifier, fn_constructor_args=(leaf, models[leaf.name], use_gpu, mode),
-                                batch_format="pyarrow", batch_size=None, compute=ActorPoolStrategy(size=pool.size),
+                                batch_format="pyarrow", batch_size=GPU_CALL_ROWS if use_gpu else None,
+                                compute=ActorPoolStrategy(size=pool.size),
                                 **pool.resources)
-        first = at
+        first, pooled = at, True
     # One batch per block (at most DataContext.target_max_block_size): a batch_size would
     # keep Ray Data from fusing the read into this step and the write.
     return ds.map_batches(route_batch, fn_kwargs={"expr": expr, "mode": mode, "first": first},
-                          batch_format="pyarrow", batch_size=None)
+                          batch_format="pyarrow", batch_size=None, **(after_actors() if pooled else {}))
+
+
+def after_actors() -> dict:
+    """Ray Data arguments of the steps after a classifier's actors and of the write: no CPU, as
+    the actors hold every CPU (tasks waiting for one would keep every labelled block in the
+    object store to the end), and one task per CPU at a time (each runs in a worker process)."""
+    import ray
+
+    return {"num_cpus": 0, "concurrency": max(1, int(ray.cluster_resources().get("CPU", 1)))}
 
 
 def output_schemas(expr: Expr, mode: str) -> dict[str, pa.Schema]:
@@ -162,7 +176,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         # the killed one read and wrote whole (each read task records what it yielded)
         streamed = all(type(leaf).prepare is Filter.prepare for leaf in recipe.leaves())
         record = f"{out.tmp_uri()}/{ledger_path(PIECES)}" if streamed else None
-        pieces = plan_pieces(source, run.split_bytes)
+        pieces = plan_pieces(source, piece_bytes(source, run.split_bytes, bool(models) and not use_gpu, num_actors))
         if out.resumed and streamed:
             planned, pieces = len(pieces), unread(pieces, done, record)
             print(f"  resuming: {planned - len(pieces)} of {planned} pieces read and written whole are not read again")
@@ -176,7 +190,9 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             ds = route(ds, recipe, mode, models, use_gpu, num_actors)
             sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", KIND), tally=tally,
                                      prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source"), done=done)
-            ds.write_datasink(sink)
+            after = after_actors() if models else {}
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": after["num_cpus"]} if after else None,
+                              concurrency=after.get("concurrency"))
         if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
             recover(out.tmp_uri(), list(routes))
         stats = _stats(recipe, mode, sink.result, time.time() - started, ray_start)
@@ -186,6 +202,16 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             f"{source.files[0].uri}{' and the other inputs' if len(source.files) > 1 else ''}")
         out.commit(run.arguments, fingerprints(source), stats.totals, {"stats.json": stats.to_json()})
         return stats
+
+
+def piece_bytes(source, split: int, fused_classifier: bool, num_actors: int | None) -> int:
+    """The read piece size: `split`, or less when a CPU classifier runs in the recipe. Ray Data
+    fuses a read piece and the steps before the classifier into one actor call, so a small input
+    is cut into at least two pieces per actor (none under MIN_PIECE_BYTES) to reach them all."""
+    if not fused_classifier:
+        return split
+    actors = actor_pool(num_actors, False).size
+    return max(MIN_PIECE_BYTES, min(split, sum(f.size for f in source.files) // (2 * actors)))
 
 
 def _stats(expr: Expr, mode: str, result: dict, wall: float, ray_start: float) -> FilterStats:

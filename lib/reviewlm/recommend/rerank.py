@@ -31,7 +31,7 @@ def class_gains(labels: list[str]) -> np.ndarray:
 class Reranker(ClassifyScorer):
     """Per candidate: the classifier's expected gain for (need, product title)."""
 
-    def __init__(self, ref: str, use_gpu: bool, queries: list[str], micro_batch: int = 32):
+    def __init__(self, ref: str, use_gpu: bool, queries: list[str], micro_batch: int | None = None):
         super().__init__("reranker", ref, use_gpu, micro_batch=micro_batch)
         self.gains, self.queries = class_gains(self.labels), queries
 
