@@ -140,7 +140,7 @@ def test_a_small_input_is_cut_into_pieces_for_every_cpu_actor(ray_cluster):
     `--split-mb` is cut into two pieces per actor; GPU actors are fed by read tasks instead."""
     from types import SimpleNamespace
 
-    from reviewlm.filters.stage import MIN_PIECE_BYTES, piece_bytes
+    from reviewlm.filters.stage import FUSED_PIECE_BYTES, MIN_PIECE_BYTES, piece_bytes
 
     one_mb = SimpleNamespace(files=[SimpleNamespace(size=1_000_000)])
     assert piece_bytes(one_mb, 64 << 20, True, None) == 250_000  # the run's 2 CPUs: 2 actors
@@ -148,3 +148,6 @@ def test_a_small_input_is_cut_into_pieces_for_every_cpu_actor(ray_cluster):
     assert piece_bytes(one_mb, 64 << 20, False, None) == 64 << 20
     assert piece_bytes(one_mb, 100_000, True, None) == 100_000
     assert piece_bytes(SimpleNamespace(files=[SimpleNamespace(size=9_000)]), 64 << 20, True, None) == MIN_PIECE_BYTES
+    dump = SimpleNamespace(files=[SimpleNamespace(size=10 << 30)])  # an actor call is at most 8 MB of reviews
+    assert (piece_bytes(dump, 64 << 20, True, None), piece_bytes(dump, 64 << 20, False, None)) == (
+        FUSED_PIECE_BYTES, 64 << 20)

@@ -35,7 +35,7 @@ DROPPED = "_dropped_by"
 # Rows per call of a GPU classifier actor (Ray Data needs a batch size for a GPU map; the
 # actor sorts them by length and cuts them into micro-batches)
 GPU_CALL_ROWS = 4096
-MIN_PIECE_BYTES = 1 << 16
+MIN_PIECE_BYTES, FUSED_PIECE_BYTES = 1 << 16, 8 << 20
 
 
 def score_fields(expr: Expr) -> list[pa.Field]:
@@ -207,11 +207,14 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
 def piece_bytes(source, split: int, fused_classifier: bool, num_actors: int | None) -> int:
     """The read piece size: `split`, or less when a CPU classifier runs in the recipe. Ray Data
     fuses a read piece and the steps before the classifier into one actor call, so a small input
-    is cut into at least two pieces per actor (none under MIN_PIECE_BYTES) to reach them all."""
+    is cut into at least two pieces per actor (none under MIN_PIECE_BYTES) to reach them all,
+    and no piece is over FUSED_PIECE_BYTES, so that rows are written (and recorded for a resume)
+    every few minutes of an actor's work rather than once per 64 MB."""
     if not fused_classifier:
         return split
     actors = actor_pool(num_actors, False).size
-    return max(MIN_PIECE_BYTES, min(split, sum(f.size for f in source.files) // (2 * actors)))
+    most = min(split, FUSED_PIECE_BYTES)
+    return max(MIN_PIECE_BYTES, min(most, sum(f.size for f in source.files) // (2 * actors)))
 
 
 def _stats(expr: Expr, mode: str, result: dict, wall: float, ray_start: float) -> FilterStats:
