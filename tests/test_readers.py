@@ -9,8 +9,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from reviewlm.io.layout import Columns
-from reviewlm.io.pieces import split_file
-from reviewlm.io.readers import read_piece
+from reviewlm.io.pieces import plan_pieces, split_file
+from reviewlm.io.readers import check_inputs, read_piece
 from reviewlm.io.records import (
     Batcher,
     ParseError,
@@ -192,6 +192,19 @@ def test_a_file_read_in_byte_ranges_gives_the_rows_it_gives_read_whole(tmp_path,
     for size in range(40, len(data), 23):
         rows_, pieces = read_in_pieces(tmp_path, name, data, size)
         assert rows_ == whole and (pieces > 1 or size > len(data) // 2), size
+
+
+def test_a_json_lines_file_is_numbered_by_a_task_per_range_as_read_whole(ray_cluster, tmp_path):
+    """The job's plan (Ray tasks, each counting the newlines of its own range) against the
+    rows of the file read whole, with lines longer than a range and a range of empty lines."""
+    data = broken_jsonl(300) + b"\n" + json.dumps({"text": "long " * 200}).encode() + b"\n" * 30 + b'{"text": "x"}'
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    fs, whole = pafs.LocalFileSystem(), read_in_pieces(tmp_path, "r.jsonl", data, len(data))[0]
+    for size in (97, 500, 1024, 3000):
+        pieces = plan_pieces(check_inputs([str(path)]), size)
+        assert len(pieces) > 2, size
+        assert [r for p in pieces for t in read_piece(fs, p, Columns()) for r in t.to_pylist()] == whole, size
 
 
 def test_a_quoted_newline_on_a_range_edge_stays_one_record(tmp_path):

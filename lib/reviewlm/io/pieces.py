@@ -1,6 +1,7 @@
 """Byte-range pieces: a big plain file is cut at record boundaries (Parquet: runs of row
 groups) so that several read tasks read it in parallel, each record once, under the record
-number it has when the file is read whole."""
+number it has when the file is read whole. A JSON Lines file's ranges are counted by as many
+tasks, in parallel, for those numbers."""
 
 from __future__ import annotations
 
@@ -37,20 +38,32 @@ class Piece:
         return f"{self.file.uri}@{self.start}"
 
 
-def _line_cuts(f, size: int, total: int) -> list[tuple[int, int]]:
-    """(offset, line number) of the first line starting at or after each multiple of `size`."""
-    cuts, k, base, newlines = [], 1, 0, 0
-    while data := f.read(SCAN_CHUNK):
-        while k * size - 1 < base + len(data):
-            q = data.find(b"\n", max(k * size - 1 - base, 0))
-            if q < 0:
-                break
-            start = base + q + 1
-            if start < total:
-                cuts.append((start, 1 + newlines + data.count(b"\n", 0, q + 1)))
-            k = start // size + 1
-        newlines += data.count(b"\n")
-        base += len(data)
+def line_range(fs, file: InputFile, k: int, size: int) -> tuple[int, int | None]:
+    """Range `k` of a JSON Lines file, bytes k*size-1 up to (k+1)*size-1 (from 0 for k = 0): the
+    newlines in it and, for k >= 1, the offset of the first line that starts at or after k*size
+    (None: none does). The ranges of a file are counted apart, by as many tasks as it has."""
+    lo, hi = max(k * size - 1, 0), min((k + 1) * size - 1, file.size)
+    newlines, first, at = 0, None, lo
+    with fs.open_input_file(file.path) as f:
+        f.seek(lo)
+        while (at < hi or (k and first is None)) and (data := f.read(SCAN_CHUNK if at >= hi else
+                                                                    min(SCAN_CHUNK, hi - at))):
+            if k and first is None and (q := data.find(b"\n")) >= 0:
+                first = at + q + 1
+            if at < hi:
+                newlines += data.count(b"\n", 0, hi - at)
+            at += len(data)
+    return newlines, first
+
+
+def _line_cuts(counts: list[tuple[int, int | None]], total: int) -> list[tuple[int, int]]:
+    """(offset, line number) of each range's first line, from every range's `line_range`: its
+    number is 2 + the newlines before its range (the one that ends the line before it is in it)."""
+    cuts, before = [], 0
+    for k, (newlines, first) in enumerate(counts):
+        if k and first is not None and first < total and (not cuts or first > cuts[-1][0]):
+            cuts.append((first, before + 2))
+        before += newlines
     return cuts
 
 
@@ -76,24 +89,36 @@ def _row_group_pieces(pf: pq.ParquetFile, file: InputFile, size: int) -> list[Pi
     return pieces
 
 
+def equal_size(file: InputFile, size: int) -> int:
+    """As many pieces as `size` asks for, of equal size."""
+    return -(-file.size // -(-file.size // size))
+
+
+def _pieces(file: InputFile, cuts: list[tuple[int, int]]) -> list[Piece]:
+    starts, ends = [(0, 1)] + cuts, [c[0] for c in cuts] + [file.size]
+    return [Piece(file, start, end if end < file.size else None, row, end - start)
+            for (start, row), end in zip(starts, ends)]
+
+
 def split_file(fs, file: InputFile, size: int) -> list[Piece]:
     """`file` in equal pieces of at most about `size` bytes, cut at record boundaries (CSV: quote-aware), so
     that each record is read once, by the piece it starts in, under the same record number
-    as when the file is read whole. Compressed files and JSON arrays are one piece."""
+    as when the file is read whole. Compressed files and JSON arrays are one piece. (In a
+    job, `plan_pieces` counts a JSON Lines file's ranges in parallel tasks instead.)"""
     whole = [Piece(file, size=file.size)]
     if not splittable(file) or file.size <= size:
         return whole
-    size = -(-file.size // -(-file.size // size))  # as many pieces as `size` asks for, of equal size
+    size = equal_size(file, size)
+    if file.format == "jsonl":
+        return _pieces(file, _line_cuts([line_range(fs, file, k, size) for k in range(-(-file.size // size))],
+                                        file.size))
     with fs.open_input_file(file.path) as f:
         if file.format == "parquet":
             try:
                 return _row_group_pieces(pq.ParquetFile(f), file, size)
             except (pa.ArrowInvalid, OSError):  # its reader quarantines the file
                 return whole
-        cuts = _line_cuts(f, size, file.size) if file.format == "jsonl" else _record_cuts(f, size)
-    starts, ends = [(0, 1)] + cuts, [c[0] for c in cuts] + [file.size]
-    return [Piece(file, start, end if end < file.size else None, row, end - start)
-            for (start, row), end in zip(starts, ends)]
+        return _pieces(file, _record_cuts(f, size))
 
 
 def splittable(file: InputFile) -> bool:
@@ -104,7 +129,21 @@ def splittable(file: InputFile) -> bool:
 
 
 def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
-    """Every input file's pieces; the files that need cutting are scanned by Ray tasks, in parallel."""
-    scan = ray.remote(num_cpus=1)(split_file)
-    found = {f: scan.remote(inputs.filesystem, f, size) for f in inputs.files if f.size > size and splittable(f)}
-    return [p for f in inputs.files for p in (ray.get(found[f]) if f in found else [Piece(f, size=f.size)])]
+    """Every input file's pieces. The files that need cutting are scanned by Ray tasks, in
+    parallel: a CSV file (quote-aware) or a Parquet file's footer by one task; a JSON Lines
+    file by a task per range, each counting its own bytes' newlines, so that no one task reads
+    a whole big file."""
+    scan, count = ray.remote(num_cpus=1)(split_file), ray.remote(num_cpus=1)(line_range)
+    fs, found = inputs.filesystem, {}
+    for f in inputs.files:
+        if f.size > size and splittable(f):
+            ranges = -(-f.size // equal_size(f, size))
+            found[f] = [count.remote(fs, f, k, equal_size(f, size)) for k in range(ranges)] \
+                if f.format == "jsonl" else scan.remote(fs, f, size)
+
+    def pieces(f: InputFile) -> list[Piece]:
+        if f not in found:
+            return [Piece(f, size=f.size)]
+        return _pieces(f, _line_cuts(ray.get(found[f]), f.size)) if f.format == "jsonl" else ray.get(found[f])
+
+    return [p for f in inputs.files for p in pieces(f)]
