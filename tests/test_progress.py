@@ -24,3 +24,15 @@ def test_a_stage_done_before_it_was_seen_and_one_without_a_total():
         "  filtering: 61 MB after 31 s, 2.0 MB/s; 50,000 rows"
     assert [duration(s) for s in (0.4, 59, 61, 3599, 7325)] == \
         ["0 s", "59 s", "1 min 01 s", "59 min 59 s", "2 h 02 min"]
+
+
+def test_a_count_that_goes_back_is_told_and_its_rate_starts_again():
+    meter = Meter("training", key="step", unit="steps", total=200, start=0.0)
+    assert meter.setback({"step": 150}) is None
+    meter.line({"step": 150}, 10.0)
+    assert meter.setback({"step": 182}) is None and meter.line({"step": 182}, 26.0).endswith("2.0 steps/s, ETA 9 s")
+    assert meter.setback({"step": 106}) == ("  training: back from 182 to 106 steps: restarted from the last "
+                                            "checkpoint after a failure (Ray's logs say which)")
+    assert meter.setback({"step": 107}) is None
+    meter.line({"step": 107}, 40.0)  # a rate from the restart on, not across it
+    assert meter.line({"step": 117}, 50.0) == "  training: 117/200 steps (58%) after 50 s, 1.0 steps/s, ETA 1 min 23 s"

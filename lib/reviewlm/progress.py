@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -83,6 +84,18 @@ class Meter:
     extra: Callable[[dict, float], str] | None = None  # more to say, from the values and the rate of `key`
     start: float = field(default_factory=time.monotonic)
     _first: tuple[float, float] | None = None  # (time, done) when work was first seen: set-up is not rate
+    _most: float = 0  # the most done seen
+
+    def setback(self, values: dict) -> str | None:
+        """A line when what is done went back (a stage that restarted from its last checkpoint
+        after a failure, as Ray Train does): without it the count would just drop."""
+        done = values.get(self.key, 0)
+        if done >= self._most:
+            self._most = done
+            return None
+        was, self._most, self._first = self._most, done, None  # the rate starts again
+        return (f"  {self.label}: back from {was / self.scale:,.0f} to {done / self.scale:,.0f} {self.unit}: "
+                "restarted from the last checkpoint after a failure (Ray's logs say which)")
 
     def rate(self, values: dict, now: float, final: bool = False) -> tuple[float, float]:
         """What is done, and how fast since work was first seen (from the start, for a stage
@@ -161,6 +174,8 @@ def _watch(tally, meter: Meter, stop: threading.Event, every: float, out, tty: b
         if values is None:
             continue
         now = time.monotonic()
+        if (note := meter.setback(values)) is not None:
+            (shown.write if shown is not None else partial(print, file=out, flush=True))(note)
         if shown is not None:
             done, rate = meter.rate(values, now)
             shown.update(done / meter.scale - shown.n)
