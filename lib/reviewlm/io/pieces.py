@@ -137,8 +137,8 @@ def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
     fs, found = inputs.filesystem, {}
     for f in inputs.files:
         if f.size > size and splittable(f):
-            ranges = -(-f.size // equal_size(f, size))
-            found[f] = [count.remote(fs, f, k, equal_size(f, size)) for k in range(ranges)] \
+            step = equal_size(f, size)
+            found[f] = [count.remote(fs, f, k, step) for k in range(-(-f.size // step))] \
                 if f.format == "jsonl" else scan.remote(fs, f, size)
 
     def pieces(f: InputFile) -> list[Piece]:

@@ -56,6 +56,13 @@ def _inference(method):
     return run
 
 
+def length_groups(lengths: list[int], size: int) -> list[np.ndarray]:
+    """Indices sorted by length (stably) and cut into micro-batches of `size`, so that each
+    micro-batch is padded to about its own length."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 class _ModelActor:
     def __init__(self, name: str, ref: str, use_gpu: bool, task: str = "mlm"):
         import torch
@@ -76,8 +83,7 @@ class _ModelActor:
     def micro_batches(self, texts: list[str], size: int, pairs: list[str] | None = None):
         """Indices of `texts` (or pairs), sorted by token length and cut into micro-batches."""
         lengths = [len(ids) for ids in self.tok(texts, pairs, add_special_tokens=True, verbose=False)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        return lengths, [order[i:i + size] for i in range(0, len(order), size)]
+        return lengths, length_groups(lengths, size)
 
 
 class MaskScorer(_ModelActor):
@@ -267,10 +273,8 @@ class ClassifyScorer(_ModelActor):
         """Softmax over the classes per text (or pair): tokenized once, cut to `max_len`, then
         sorted by length and padded per micro-batch."""
         enc = self.tok(texts, pairs, truncation="longest_first", max_length=self.max_len)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
         probs = np.zeros((len(texts), len(self.labels)))
-        for start in range(0, len(order), self.micro):
-            group = order[start:start + self.micro]
+        for group in length_groups([len(ids) for ids in enc["input_ids"]], self.micro):
             batch = self.tok.pad({k: [enc[k][i] for i in group] for k in enc.keys()}, return_tensors="pt")
             probs[group] = self.model(**batch.to(self.device)).logits.float().softmax(-1).cpu().numpy()
         return probs
