@@ -7,6 +7,7 @@ from reviewlm.errors import UsageError
 from reviewlm.filters import keywords
 from reviewlm.filters.base import All, Any, Not
 from reviewlm.filters.dedup import OF, Dedup, hashed_rows, later_copies
+from reviewlm.filters.keyed import ROW_BITS
 from reviewlm.filters.recipe import load_recipe, parse_recipe
 from reviewlm.filters.sentiment import Sentiment
 from reviewlm.filters.stage import funnel, route_batch
@@ -69,11 +70,11 @@ def test_sentiment_uses_vader_offline_and_keeps_scores():
 def test_dedup_keeps_the_first_occurrence_by_source_and_row():
     b = batch(["Nike  Shoes", "nike shoes", "other", " NIKE shoes\t", None, ""])  # rows 1..6
     b = b.set_column(b.schema.get_field_index("source"), "source", pa.array(["g", "f", "f", "f", "f", "g"]))
-    keys = [(1 << 32) + 1, 2, 3, 4, 5, (1 << 32) + 6]
+    keys = [(1 << ROW_BITS) + 1, 2, 3, 4, 5, (1 << ROW_BITS) + 6]
     hashed = hashed_rows(b, ranks={"f": 0, "g": 1})
     assert hashed["_key"].to_pylist() == [k for k in keys if k != 5]  # a null text has no hash
     drops = later_copies(hashed, ["f", "g"]).to_pylist()  # the first is f:2; the others in key order
-    assert [(d["_key"], d["of"]) for d in drops] == [(4, "f:2"), ((1 << 32) + 1, "f:2")]
+    assert [(d["_key"], d["of"]) for d in drops] == [(4, "f:2"), ((1 << ROW_BITS) + 1, "f:2")]
     of = {d["_key"]: d["of"] for d in drops}
     mask, scores = Dedup().evaluate(b.append_column(OF, pa.array([of.get(k) for k in keys], pa.string())))
     assert mask.tolist() == [False, True, True, False, True, True]

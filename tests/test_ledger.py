@@ -23,6 +23,17 @@ def test_keys_become_merged_ranges_per_group():
     assert Keys("prompt_index").ranges(pa.table({"prompt_index": [5, 4, 6, 0]})) == {"": [[0, 1], [4, 7]]}
 
 
+def test_rows_numbered_by_byte_offset_make_one_range_per_run_of_lines():
+    """JSON Lines rows are numbered by their offset and span their line: a run of lines, in any
+    order, is one range; a blank line or a row not written leaves a gap."""
+    lines = [b'{"a": 1}', b'{"b": 22}', b"", b'{"c": 333}', b'{"d": 4}']
+    starts = np.cumsum([0] + [len(line) + 1 for line in lines[:-1]])
+    rows = [(s, s + len(line) + 1) for s, line in zip(starts, lines) if line][::-1]
+    table = pa.table({"source": ["f"] * 4, "_row": [r[0] for r in rows], "_end": [r[1] for r in rows]})
+    assert Keys("_row", "source", "_end").ranges(table) == {"f": [[0, 19], [20, 40]]}
+    assert Keys("_row", "source", "_end").ranges(table.slice(0, 3)) == {"f": [[9, 19], [20, 40]]}
+
+
 def test_overlapping_and_touching_ranges_merge():
     merged = _merged(np.array([[10, 12], [0, 3], [3, 5], [11, 20], [30, 31]]))
     assert merged.tolist() == [[0, 5], [10, 20], [30, 31]]
@@ -76,21 +87,21 @@ def test_a_record_is_read_back_whole(tmp_path):
 
 
 def test_a_piece_is_left_unread_only_when_every_row_its_read_yielded_is_written(tmp_path):
-    """A read task records how many rows it yielded; the markers must name that many record
-    numbers in its span (blank lines leave gaps: numbers, not spans, are compared)."""
+    """A read task records the span of its rows and how many record numbers their own spans
+    cover (blank lines leave gaps); the markers' ranges must hold that many of its span."""
     from reviewlm.io.pieces import Piece
     from reviewlm.io.storage import InputFile
 
     file = InputFile(uri="a.jsonl", path="a.jsonl", size=100, format="jsonl")
-    whole, half, broken, empty = (Piece(file, start, None, row) for start, row in ((0, 1), (50, 40), (70, 60),
-                                                                                  (90, 80)))
+    whole, half, broken, empty = (Piece(file, start, None, row) for start, row in ((0, 0), (50, 50), (70, 70),
+                                                                                  (90, 90)))
     folder = str(tmp_path / "pieces")
-    record_piece(folder, whole, rows=30, low=1, high=39)  # 30 rows over lines 1-38: 8 blank lines
-    record_piece(folder, half, rows=10, low=40, high=50)
-    record_piece(folder, broken, rows=3, low=0, high=62)  # an undecodable stream quarantined as row 0
-    record_piece(folder, empty, rows=0, low=None, high=None)
+    record_piece(folder, whole, extent=30, low=1, high=38)  # lines at bytes 1-5, 7-20 and 25-38
+    record_piece(folder, half, extent=10, low=50, high=60)
+    record_piece(folder, broken, extent=3, low=69, high=72)  # an undecodable stream quarantined before it
+    record_piece(folder, empty, extent=0, low=None, high=None)
     assert len(list((tmp_path / "pieces").glob("*.json"))) == 3  # none for `broken`
-    written = np.array([[1, 5], [7, 20], [25, 38], [40, 45], [60, 62], [0, 1]])  # line 45-49 not written
+    written = np.array([[1, 5], [7, 20], [25, 38], [50, 55], [70, 72], [0, 1]])  # bytes 55-59 not written
     done = Done(ranges={"a.jsonl": _merged(written)})
     assert unread([whole, half, broken, empty], done, folder) == [half, broken]
     assert unread([whole], done, folder) == [whole]  # all read and written: one is read again, its rows skipped

@@ -123,7 +123,7 @@ def test_drops_cut_into_key_ranges_reach_the_rows_of_every_block(ray_cluster, mo
 
     monkeypatch.setattr(keyed, "PARTITION_BYTES", 2000)  # about 50 drops a range
     schema = pa.schema([(KEY, pa.int64()), ("of", pa.string())])
-    keys = np.array([r << 32 | k for r in range(3) for k in range(0, 1000, 3)], np.int64)
+    keys = np.array([r << keyed.ROW_BITS | k for r in range(3) for k in range(0, 1000, 3)], np.int64)
     table = pa.table([keys, [f"x{k}" for k in keys.tolist()]], schema=schema)
     blocks = [ray.put(t) for t in keyed.cut(table, keyed.part_of(keys, 4), 4)]
     drops = keyed.Drops.build(blocks, len(keys), schema)
@@ -132,7 +132,7 @@ def test_drops_cut_into_key_ranges_reach_the_rows_of_every_block(ray_cluster, mo
     for source, rows in (["b"] * 1000, range(1000)), (["a", "c", "b"] * 100, range(500, 800)):
         batch = pa.table({"source": source, "_row": pa.array(rows, pa.int64())})
         got = drops.attach(batch, ranks=ranks, names={"of": "dup"})["dup"].to_pylist()
-        want = [f"x{ranks[s] << 32 | r}" if r % 3 == 0 else None for s, r in zip(source, rows)]
+        want = [f"x{ranks[s] << keyed.ROW_BITS | r}" if r % 3 == 0 else None for s, r in zip(source, rows)]
         assert got == want
     none = keyed.Drops.build([ray.put(schema.empty_table())], 0, schema)
     assert none.attach(batch, ranks=ranks, names={"of": "dup"})["dup"].null_count == batch.num_rows

@@ -80,7 +80,10 @@ def test_csv_file_without_the_text_column_quarantines_its_rows():
 def test_jsonl_quarantines_invalid_lines():
     data = b'{"text": "ok", "rating": 4}\n{not json\n[1, 2]\n{"text": 12}\n\n{"text": "fine"}\n'
     out = rows(read_jsonl, data)
-    assert [(r["_row"], r["_error"] is None) for r in out] == [(1, True), (2, False), (3, False), (4, False), (6, True)]
+    lines = [0, 28, 38, 45, 59]  # each line's byte offset numbers it; the blank line is skipped
+    assert [(r["_row"], r["_end"], r["_error"] is None) for r in out] == [
+        (0, 28, True), (28, 38, False), (38, 45, False), (45, 58, False), (59, 76, True)]
+    assert [data[r - 1:r] for r in lines[1:]] == [b"\n"] * 4 and out[4]["id"] == "src:59"
     assert "invalid JSON" in out[1]["_error"] and "not an object" in out[2]["_error"]
     assert "must be a string, not int" in out[3]["_error"]
 
@@ -102,10 +105,11 @@ CLEAN_RUNS = [  # each a run Arrow parses: the rows must be those the line-by-li
 @pytest.mark.parametrize("records, columns", CLEAN_RUNS)
 def test_clean_runs_parsed_by_arrow_equal_the_line_by_line_rows(records, columns):
     lines = [json.dumps(r) for r in records]
-    expected = Batcher("src", columns)
-    for number, line in enumerate(lines, start=1):
-        expected.add(number, json.loads(line), line)
-    run = [(n, line.encode() + b"\r") for n, line in enumerate(lines, start=1)]  # CRLF files keep the \r
+    expected, offset, run = Batcher("src", columns), 0, []
+    for line in lines:  # CRLF files keep the \r
+        expected.add(offset, json.loads(line), line, offset + len(line) + 2)
+        run.append((offset, line.encode() + b"\r", offset + len(line) + 2))
+        offset += len(line) + 2
     assert clean_rows(run, Batcher("src", columns)) is not None  # Arrow's path was taken
     assert rows(read_jsonl, ("\r\n".join(lines) + "\r\n").encode(), columns=columns) == expected.flush().to_pylist()
 
@@ -114,7 +118,7 @@ def test_clean_runs_parsed_by_arrow_equal_the_line_by_line_rows(records, columns
                                   '{"text": "a", "rating": "4"}', '{"text": "a", "id": true}', '[1, 2]',
                                   '{"text": "a", "title": 1.5}', '{"text": "a", "id": "2024-01-01"}'])
 def test_runs_arrow_would_read_differently_go_line_by_line(line):
-    run = [(1, b'{"text": "fine", "rating": 3}'), (2, line.encode())]
+    run = [(0, b'{"text": "fine", "rating": 3}', 31), (31, line.encode(), 32 + len(line))]
     assert clean_rows(run, Batcher("src", Columns())) is None
 
 
@@ -194,16 +198,21 @@ def test_a_file_read_in_byte_ranges_gives_the_rows_it_gives_read_whole(tmp_path,
         assert rows_ == whole and (pieces > 1 or size > len(data) // 2), size
 
 
-def test_a_json_lines_file_is_numbered_by_a_task_per_range_as_read_whole(ray_cluster, tmp_path):
-    """The job's plan (Ray tasks, each counting the newlines of its own range) against the
-    rows of the file read whole, with lines longer than a range and a range of empty lines."""
+def test_a_json_lines_file_is_cut_at_byte_offsets_with_no_scan_and_read_as_whole(tmp_path):
+    """The job's plan reads nothing of a JSON Lines file: equal byte ranges, each read from the
+    first line that starts in it (a cut inside a line, on a newline, on a line's first byte),
+    with lines longer than a range and ranges of blank lines; the rows are those of the file
+    read whole, each numbered by its line's byte offset."""
     data = broken_jsonl(300) + b"\n" + json.dumps({"text": "long " * 200}).encode() + b"\n" * 30 + b'{"text": "x"}'
     path = tmp_path / "r.jsonl"
     path.write_bytes(data)
     fs, whole = pafs.LocalFileSystem(), read_in_pieces(tmp_path, "r.jsonl", data, len(data))[0]
-    for size in (97, 500, 1024, 3000):
+    assert whole[0]["_row"] == 0 and all(data[r["_row"] - 1] == ord("\n") for r in whole[1:])
+    assert [r["_end"] for r in whole[:-1]] == [data.index(b"\n", r["_row"]) + 1 for r in whole[:-1]]
+    for size in (1, 2, 97, 500, 1024, 3000):
         pieces = plan_pieces(check_inputs([str(path)]), size)
-        assert len(pieces) > 2, size
+        step = pieces[1].start
+        assert [p.start for p in pieces] == list(range(0, len(data), step)) and step <= size, size
         assert [r for p in pieces for t in read_piece(fs, p, Columns()) for r in t.to_pylist()] == whole, size
 
 

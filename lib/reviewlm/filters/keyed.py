@@ -1,10 +1,11 @@
 """Key-partitioned steps that both dedups share: rows cut into parts by a hash of a key, and
 the rows to drop brought back to the rows by key range.
 
-A row's key is an int64: the rank of its source among the job's inputs (sorted URIs), then
-its record number; key order is the order that says which of two copies came first. No step
-gathers every row, pair or drop into one task: a part holds about `PARTITION_BYTES`, and the
-number of parts grows with the data.
+A row's key is an int64: the rank of its source among the job's inputs (sorted URIs) in the
+high bits, its record number in the low `ROW_BITS` (a JSON Lines record's number is its byte
+offset: files up to 1 TiB, and up to 8M input files); key order is the order that says which
+of two copies came first. No step gathers every row, pair or drop into one task: a part holds
+about `PARTITION_BYTES`, and the number of parts grows with the data.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import ray
 KEY = "_key"
 PARTITION_BYTES = 64 << 20  # of rows per part
 SAMPLES = 64  # keys per block from which the drops' range bounds are picked
+ROW_BITS = 40
 
 
 def row_keys(batch: pa.Table, ranks: dict[str, int]) -> np.ndarray:
     """Each row's int64 key: its source's rank, then its record number."""
     rank = np.array([ranks[s] for s in batch["source"].to_pylist()], dtype=np.int64)
-    return (rank << 32) | batch["_row"].to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = batch["_row"].to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(ranks) >> (63 - ROW_BITS) or (len(rows) and rows.max() >> ROW_BITS):
+        raise ValueError(f"a row key holds at most {1 << (63 - ROW_BITS):,} inputs, record numbers under 2**{ROW_BITS}")
+    return (rank << ROW_BITS) | rows
 
 
 def usable(batch: pa.Table) -> np.ndarray:
@@ -34,8 +39,8 @@ def usable(batch: pa.Table) -> np.ndarray:
 
 def source_rows(keys: np.ndarray, uris: list[str]) -> pa.Array:
     """`source:row` of each key (`uris` in rank order)."""
-    rows = pa.array(keys & 0xFFFFFFFF).cast(pa.string())
-    return pc.binary_join_element_wise(pa.array(uris, pa.string()).take(pa.array(keys >> 32)), rows, ":")
+    rows = pa.array(keys & ((1 << ROW_BITS) - 1)).cast(pa.string())
+    return pc.binary_join_element_wise(pa.array(uris, pa.string()).take(pa.array(keys >> ROW_BITS)), rows, ":")
 
 
 def fmix(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from reviewlm.errors import UsageError
 from reviewlm.filters.base import Expr, Filter, scatter
 from reviewlm.filters.classifier import ALIVE, Classifier, RowClassifier
 from reviewlm.io.layout import QUARANTINE, QUARANTINE_SCHEMA, ROW_FIELDS, Columns
-from reviewlm.io.ledger import PIECES, Done, Keys, ledger_path, recover, skip_done, unread
+from reviewlm.io.ledger import PIECES, RECORDS, Done, Keys, ledger_path, recover, skip_done, unread
 from reviewlm.io.pieces import plan_pieces
 from reviewlm.io.quarantine import KIND, Quarantined, error_kind
 from reviewlm.io.readers import ReviewDatasource, check_inputs, read_source
@@ -171,7 +171,7 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
         routes = output_schemas(recipe, mode)
         done = recover(out.tmp_uri(), list(routes)) if out.resumed else Done()
         if out.resumed:
-            print(f"  resuming: {done.total:,} rows written by {done.tasks} finished tasks are kept")
+            print(f"  resuming: {done.written:,} rows written by {done.tasks} finished tasks are kept")
         # with no filter that sees every row first, a resumed run does not read the pieces
         # the killed one read and wrote whole (each read task records what it yielded)
         streamed = all(type(leaf).prepare is Filter.prepare for leaf in recipe.leaves())
@@ -186,10 +186,10 @@ def filter_reviews(inputs: list[str], output: str, *, recipe: Expr, columns: Col
             ds = read_source(ReviewDatasource(source, pieces, columns, tally, record))
             for leaf in {(type(leaf), leaf.name): leaf for leaf in recipe.leaves()}.values():
                 ds = leaf.prepare(ds, source, len(pieces))
-            ds = skip_done(ds, done, Keys("_row", "source"))  # after dedup, which sees every row
+            ds = skip_done(ds, done, RECORDS)  # after dedup, which sees every row
             ds = route(ds, recipe, mode, models, use_gpu, num_actors)
             sink = RoutedParquetSink(out.tmp_uri(), routes, count_columns=("dropped_by", KIND), tally=tally,
-                                     prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source"), done=done)
+                                     prefix=f"{uuid.uuid4().hex[:6]}-", keys=Keys("row", "source", "_end"), done=done)
             after = after_actors() if models else {}
             ds.write_datasink(sink, ray_remote_args={"num_cpus": after["num_cpus"]} if after else None,
                               concurrency=after.get("concurrency"))

@@ -9,12 +9,14 @@ import pyarrow as pa
 
 from reviewlm.options import option
 
-# A review as read: its fields, then `_row` (its record number in its file), and `_raw` and
-# `_error`, set only for a record that could not be parsed (it is quarantined).
+# A review as read: its fields, then `_row` (its record number in its file: a line number in
+# CSV and TSV, a line's byte offset in JSON Lines, a row or element number in Parquet and JSON
+# arrays), `_end` (the number just past the record), and `_raw` and `_error`, set only for a
+# record that could not be parsed (it is quarantined).
 CANONICAL = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("rating", pa.int64()), ("title", pa.string()),
     ("brand", pa.string()), ("product", pa.string()), ("source", pa.string()),
-    ("_row", pa.int64()), ("_raw", pa.string()), ("_error", pa.string()),
+    ("_row", pa.int64()), ("_end", pa.int64()), ("_raw", pa.string()), ("_error", pa.string()),
 ])
 ROW_FIELDS = [f for f in CANONICAL if not f.name.startswith("_")]  # a review's fields in kept/ and rejected/
 # quarantine/ of every job: a canonical row's id, source and internal columns, renamed

@@ -30,25 +30,32 @@ PIECES = "_pieces"  # under the ledger: the rows each read task of a filter run 
 @dataclass(frozen=True)
 class Keys:
     """The columns that name a row for good: an integer `index`, within a `group` when given
-    (a file's record number within its `source`; a prompt's number across all prompts)."""
+    (a file's record number within its `source`; a prompt's number across all prompts), and
+    the `end` of its span of numbers (default: index + 1; a JSON Lines record, numbered by its
+    byte offset, spans its line's bytes), so that the rows of a run of records make one range."""
 
     index: str
     group: str | None = None
+    end: str | None = None
 
     def of(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Each row's group ("" without a group column) and index."""
         groups = table[self.group].to_numpy(zero_copy_only=False) if self.group else np.full(table.num_rows, "")
         return groups, table[self.index].to_numpy(zero_copy_only=False).astype(np.int64)
 
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.group, self.index, self.end) if c]
+
     def ranges(self, table: pa.Table) -> dict[str, list[list[int]]]:
-        """The keys of `table`'s rows as sorted, merged [start, end) ranges per group."""
+        """The spans of `table`'s rows as sorted, merged [start, end) ranges per group."""
         groups, index = self.of(table)
-        out = {}
-        for g in np.unique(groups):
-            rows = np.unique(index[groups == g])
-            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-            out[str(g)] = [[int(r[0]), int(r[-1]) + 1] for r in np.split(rows, breaks)]
-        return out
+        end = table[self.end].to_numpy(zero_copy_only=False).astype(np.int64) if self.end else index + 1
+        return {str(g): _merged(np.stack([index[groups == g], end[groups == g]], axis=1)).tolist()
+                for g in np.unique(groups)}
+
+
+RECORDS = Keys("_row", "source", "_end")  # a review: its record number and span in its source file
 
 
 @dataclass
@@ -64,14 +71,20 @@ class Done:
 
     @property
     def total(self) -> int:
+        """How many keys the ranges hold (rows, for keys without an `end`)."""
         return int(sum(r[:, 1].sum() - r[:, 0].sum() for r in self.ranges.values()))
 
+    @property
+    def written(self) -> int:
+        """How many rows the markers record, over every route."""
+        return sum(self.rows.values())
+
     def covers(self, record: dict) -> bool:
-        """Whether every row a read task recorded (`record_piece`) is written: the markers name
-        as many record numbers in its span as it yielded rows."""
+        """Whether every row a read task recorded (`record_piece`) is written: the markers' ranges
+        hold as many record numbers of its span as its rows cover."""
         (low, high), ranges = record["rows"], self.ranges.get(record["source"], np.zeros((0, 2), np.int64))
         return int(np.clip(np.minimum(ranges[:, 1], high) - np.maximum(ranges[:, 0], low), 0, None).sum()) \
-            == record["count"]
+            == record.get("extent", -1)  # -1: a record of an older version, read again
 
     def pending(self, batch: pa.Table, keys: Keys) -> pa.Table:
         """The rows of `batch` no earlier run wrote."""
@@ -150,14 +163,15 @@ def recover(base_uri: str, routes: list[str], unit: str = "") -> Done:
     return done
 
 
-def record_piece(folder_uri: str, piece, rows: int, low: int | None, high: int | None) -> None:
-    """Record that a read task yielded `rows` rows of `piece`, numbered in [low, high).
-    Nothing when one is numbered before the piece's first record (a stream that could not be
-    decoded is quarantined as row 0): those could belong to another piece."""
-    if rows and low < piece.row:
+def record_piece(folder_uri: str, piece, extent: int, low: int | None, high: int | None) -> None:
+    """Record that a read task yielded rows of `piece` in the span [low, high) whose own spans
+    add up to `extent` record numbers. Nothing when one is numbered before the piece's first
+    record (a stream that could not be decoded is quarantined just before it): those could
+    belong to another piece."""
+    if low is not None and low < piece.row:
         return
     span = [piece.row, piece.row] if low is None else [low, high]
-    write_record(folder_uri, _piece_tag(piece), {"source": piece.file.uri, "rows": span, "count": rows})
+    write_record(folder_uri, _piece_tag(piece), {"source": piece.file.uri, "rows": span, "extent": extent})
 
 
 def unread(pieces: list, done: Done, folder_uri: str) -> list:

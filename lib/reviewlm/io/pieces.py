@@ -1,7 +1,8 @@
-"""Byte-range pieces: a big plain file is cut at record boundaries (Parquet: runs of row
-groups) so that several read tasks read it in parallel, each record once, under the record
-number it has when the file is read whole. A JSON Lines file's ranges are counted by as many
-tasks, in parallel, for those numbers."""
+"""Byte-range pieces: a big plain file is cut so that several read tasks read it in parallel,
+each record once, under the record number it has when the file is read whole. A JSON Lines
+file is cut at equal byte offsets with no scan (its records are numbered by byte offset, and a
+read task starts at the first line that begins in its range); a CSV file at record boundaries
+found by one quote-aware scan; a Parquet file into runs of row groups."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ SCAN_CHUNK = 8 << 20
 
 @dataclass(frozen=True)
 class Piece:
-    """What one read task reads of a file: the records from `start` (a record's byte offset;
-    for Parquet, a row group) up to those that start at `end` (None: the end of the file).
-    `row` numbers its first record (a line number in text files) and `size` is about the
-    bytes it reads."""
+    """What one read task reads of a file: the records that start at byte `start` or after (for
+    Parquet, a row group) up to those that start at `end` (None: the end of the file). `row`
+    numbers its first record (CSV: its line number; JSON Lines: at least `start`, the lowest
+    byte offset it can have) and `size` is about the bytes it reads."""
 
     file: InputFile
     start: int = 0
@@ -32,45 +33,21 @@ class Piece:
     row: int = 1
     size: int = 0
 
+    @classmethod
+    def whole(cls, file: InputFile) -> Piece:
+        """All of `file`, as one piece."""
+        return cls(file, row=0 if file.format == "jsonl" else 1, size=file.size)
+
     @property
     def key(self) -> str:
         """Names the piece for good: its file and first byte (or row group)."""
         return f"{self.file.uri}@{self.start}"
 
 
-def line_range(fs, file: InputFile, k: int, size: int) -> tuple[int, int | None]:
-    """Range `k` of a JSON Lines file, bytes k*size-1 up to (k+1)*size-1 (from 0 for k = 0): the
-    newlines in it and, for k >= 1, the offset of the first line that starts at or after k*size
-    (None: none does). The ranges of a file are counted apart, by as many tasks as it has."""
-    lo, hi = max(k * size - 1, 0), min((k + 1) * size - 1, file.size)
-    newlines, first, at = 0, None, lo
-    with fs.open_input_file(file.path) as f:
-        f.seek(lo)
-        while (at < hi or (k and first is None)) and (data := f.read(SCAN_CHUNK if at >= hi else
-                                                                    min(SCAN_CHUNK, hi - at))):
-            if k and first is None and (q := data.find(b"\n")) >= 0:
-                first = at + q + 1
-            if at < hi:
-                newlines += data.count(b"\n", 0, hi - at)
-            at += len(data)
-    return newlines, first
-
-
-def _line_cuts(counts: list[tuple[int, int | None]], total: int) -> list[tuple[int, int]]:
-    """(offset, line number) of each range's first line, from every range's `line_range`: its
-    number is 2 + the newlines before its range (the one that ends the line before it is in it)."""
-    cuts, before = [], 0
-    for k, (newlines, first) in enumerate(counts):
-        if k and first is not None and first < total and (not cuts or first > cuts[-1][0]):
-            cuts.append((first, before + 2))
-        before += newlines
-    return cuts
-
-
 def _record_cuts(f, size: int) -> list[tuple[int, int]]:
     """(offset, line number) of the first CSV record starting at or after each multiple of `size`."""
     cuts, target = [], size
-    for number, offset, _ in csv_records(byte_lines(f, chunk=SCAN_CHUNK)):
+    for number, offset, _, _ in csv_records(byte_lines(f, chunk=SCAN_CHUNK)):
         if offset >= target:
             cuts.append((offset, number))
             target = (offset // size + 1) * size
@@ -95,23 +72,22 @@ def equal_size(file: InputFile, size: int) -> int:
 
 
 def _pieces(file: InputFile, cuts: list[tuple[int, int]]) -> list[Piece]:
-    starts, ends = [(0, 1)] + cuts, [c[0] for c in cuts] + [file.size]
+    starts, ends = [(0, Piece.whole(file).row)] + cuts, [c[0] for c in cuts] + [file.size]
     return [Piece(file, start, end if end < file.size else None, row, end - start)
             for (start, row), end in zip(starts, ends)]
 
 
 def split_file(fs, file: InputFile, size: int) -> list[Piece]:
-    """`file` in equal pieces of at most about `size` bytes, cut at record boundaries (CSV: quote-aware), so
-    that each record is read once, by the piece it starts in, under the same record number
-    as when the file is read whole. Compressed files and JSON arrays are one piece. (In a
-    job, `plan_pieces` counts a JSON Lines file's ranges in parallel tasks instead.)"""
-    whole = [Piece(file, size=file.size)]
+    """`file` in equal pieces of at most about `size` bytes, so that each record is read once, by
+    the piece it starts in, under the same record number as when the file is read whole: a
+    JSON Lines file at byte offsets (no scan), a CSV file at record boundaries (a quote-aware
+    scan). Compressed files and JSON arrays are one piece."""
+    whole = [Piece.whole(file)]
     if not splittable(file) or file.size <= size:
         return whole
     size = equal_size(file, size)
     if file.format == "jsonl":
-        return _pieces(file, _line_cuts([line_range(fs, file, k, size) for k in range(-(-file.size // size))],
-                                        file.size))
+        return _pieces(file, [(k * size, k * size) for k in range(1, -(-file.size // size))])
     with fs.open_input_file(file.path) as f:
         if file.format == "parquet":
             try:
@@ -129,21 +105,9 @@ def splittable(file: InputFile) -> bool:
 
 
 def plan_pieces(inputs: Inputs, size: int = SPLIT_BYTES) -> list[Piece]:
-    """Every input file's pieces. The files that need cutting are scanned by Ray tasks, in
-    parallel: a CSV file (quote-aware) or a Parquet file's footer by one task; a JSON Lines
-    file by a task per range, each counting its own bytes' newlines, so that no one task reads
-    a whole big file."""
-    scan, count = ray.remote(num_cpus=1)(split_file), ray.remote(num_cpus=1)(line_range)
-    fs, found = inputs.filesystem, {}
-    for f in inputs.files:
-        if f.size > size and splittable(f):
-            step = equal_size(f, size)
-            found[f] = [count.remote(fs, f, k, step) for k in range(-(-f.size // step))] \
-                if f.format == "jsonl" else scan.remote(fs, f, size)
-
-    def pieces(f: InputFile) -> list[Piece]:
-        if f not in found:
-            return [Piece(f, size=f.size)]
-        return _pieces(f, _line_cuts(ray.get(found[f]), f.size)) if f.format == "jsonl" else ray.get(found[f])
-
-    return [p for f in inputs.files for p in pieces(f)]
+    """Every input file's pieces. A CSV file that needs cutting is scanned (quote-aware) and a
+    Parquet file's footer read by a Ray task each, in parallel; a JSON Lines file needs neither."""
+    scan, fs = ray.remote(num_cpus=1)(split_file), inputs.filesystem
+    found = {f: scan.remote(fs, f, size) for f in inputs.files
+             if f.size > size and splittable(f) and f.format != "jsonl"}
+    return [p for f in inputs.files for p in (ray.get(found[f]) if f in found else split_file(fs, f, size))]

@@ -41,36 +41,37 @@ from reviewlm.progress import count
 
 def read_piece(fs, piece: Piece, columns: Columns, tally=None, record: str | None = None) -> Iterator[pa.Table]:
     """The canonical rows of one piece of a file; its bytes added to `tally` (reviewlm.progress)
-    once it is read, and, given a `record` folder, how many rows it yielded (reviewlm.io.ledger)."""
-    rows, low, high = 0, None, None
+    once it is read, and, given a `record` folder, the span of record numbers its rows cover
+    (reviewlm.io.ledger)."""
+    extent, low, high = 0, None, None
     for table in _piece_rows(fs, piece, columns):
         if record is not None and table.num_rows:
-            first, last = (v.as_py() for v in pc.min_max(table["_row"]).values())
-            low, high = (first, last + 1) if low is None else (min(low, first), max(high, last + 1))
-            rows += table.num_rows
+            first, last = pc.min(table["_row"]).as_py(), pc.max(table["_end"]).as_py()
+            low, high = (first, last) if low is None else (min(low, first), max(high, last))
+            extent += pc.sum(pc.subtract(table["_end"], table["_row"])).as_py()
         yield table
     if record is not None:
-        record_piece(record, piece, rows, low, high)
+        record_piece(record, piece, extent, low, high)
     count(tally, {"bytes": piece.size}, once=piece.key)
 
 
 def _piece_rows(fs, piece: Piece, columns: Columns) -> Iterator[pa.Table]:
     file = piece.file
     batcher = Batcher(file.uri, columns)
-    where = (piece.start, piece.end, piece.row)
+    where = (piece.start, piece.end)
     f, encoding = open_text(fs, file)
     try:
         if file.format in ("csv", "tsv"):
-            yield from read_delimited(f, batcher, file.separator, *where, encoding=encoding)
+            yield from read_delimited(f, batcher, file.separator, *where, piece.row, encoding=encoding)
         elif file.format == "jsonl":
             yield from read_jsonl(f, batcher, *where, encoding=encoding)
         elif file.format == "json":
             utf8 = codecs.lookup(encoding).name == "utf-8"
             yield from read_json_array(Utf8Stream(f, "utf-8-sig" if utf8 else encoding), batcher)
         else:
-            yield from read_parquet_file(f, batcher, *where)
+            yield from read_parquet_file(f, batcher, *where, piece.row)
     except ParseError as exc:  # the stream itself cannot be decoded any further
-        batcher.quarantine(0, "", str(exc))
+        batcher.quarantine(piece.row - 1, "", str(exc))
     finally:
         f.close()
     if len(batcher):

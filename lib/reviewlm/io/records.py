@@ -66,8 +66,9 @@ class Batcher:
     def __len__(self):
         return len(self.cols["id"])
 
-    def add(self, row_number: int, record: dict, raw: str | None = None) -> None:
-        """Add one parsed record (input column name -> value), or quarantine it with `raw`."""
+    def add(self, row_number: int, record: dict, raw: str | None = None, end: int | None = None) -> None:
+        """Add one parsed record (input column name -> value), or quarantine it with `raw`; `end`
+        is the record number just past it (default `row_number` + 1)."""
         c = self.columns
         try:
             text = record.get(c.text)
@@ -93,14 +94,14 @@ class Batcher:
                 values[f"x_{name}"] = None if v is None else str(v)
             rid = record.get(c.id)
         except ParseError as exc:
-            self.quarantine(row_number, raw if raw is not None else json.dumps(record, default=str), str(exc))
+            self.quarantine(row_number, raw if raw is not None else json.dumps(record, default=str), str(exc), end)
             return
-        values["_row"] = row_number
+        values["_row"], values["_end"] = row_number, row_number + 1 if end is None else end
         self._append(str(rid) if rid not in (None, "") else f"{self.source}:{row_number}", values)
 
-    def quarantine(self, row_number: int, raw: str, error: str) -> None:
-        self._append(f"{self.source}:{row_number}",
-                     {"_row": row_number, "_raw": raw[:RAW_LIMIT], "_error": error})
+    def quarantine(self, row_number: int, raw: str, error: str, end: int | None = None) -> None:
+        self._append(f"{self.source}:{row_number}", {"_row": row_number, "_end": row_number + 1 if end is None else end,
+                                                     "_raw": raw[:RAW_LIMIT], "_error": error})
 
     def _append(self, rid: str, values: dict) -> None:
         values.update(id=rid, source=self.source)
@@ -164,14 +165,16 @@ class Utf8Stream:
             raise ParseError(f"invalid {exc.encoding} in the file: {exc.reason}") from None
 
 
-def line_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
-    """JSONL records: one per line, as (line number, offset, bytes)."""
-    for n, (offset, line) in enumerate(lines, start=number):
-        yield n, offset, line
+def line_records(lines) -> Iterator[tuple[int, int, bytes, int]]:
+    """JSONL records: one per line, as (number, offset, bytes, end), numbered by their byte offset
+    (which needs no count of the lines before), `end` the offset after the line's newline."""
+    for offset, line in lines:
+        yield offset, offset, line, offset + len(line) + 1
 
 
-def csv_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
-    """CSV records as (first line number, its offset, bytes): lines are joined while a quote is open.
+def csv_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes, int]]:
+    """CSV records as (first line number, its offset, bytes, the line number after its last line):
+    lines are joined while a quote is open.
 
     A quote that never closes (within MAX_RECORD_LINES lines or MAX_RECORD_BYTES, or before
     the end of the file) makes its first line a broken record; reading resumes on the next.
@@ -190,12 +193,12 @@ def csv_records(lines, number: int = 1) -> Iterator[tuple[int, int, bytes]]:
             quotes += item[2].count(b'"')
             size += len(item[2])
             if quotes % 2 == 0:
-                yield pending[0][0], pending[0][1], b"\n".join(line for _, _, line in pending)
+                yield pending[0][0], pending[0][1], b"\n".join(line for _, _, line in pending), pending[-1][0] + 1
                 pending, quotes, size = [], 0, 0
                 continue
             if len(pending) <= MAX_RECORD_LINES and size <= MAX_RECORD_BYTES:
                 continue
-        yield pending[0]
+        yield *pending[0], pending[0][0] + 1
         replay, pending, quotes, size = pending[1:] + replay, [], 0, 0
 
 
@@ -208,15 +211,16 @@ def split_fields(text: str, delimiter: str) -> list[str]:
     return rows[0]
 
 
-def content(records, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """Numbered records that start before `end`, without the UTF-8 byte-order mark and blank ones."""
-    for number, offset, raw in records:
+def content(records, end: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+    """(number, bytes, number after) of the records that start before byte `end`, without the
+    UTF-8 byte-order mark and blank ones."""
+    for number, offset, raw, after in records:
         if end is not None and offset >= end:
             return
-        if number == 1:
+        if offset == 0:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         if raw.strip():
-            yield number, raw
+            yield number, raw, after
 
 
 def read_delimited(f, batcher: Batcher, delimiter: str, start: int = 0, end: int | None = None,
@@ -228,7 +232,7 @@ def read_delimited(f, batcher: Batcher, delimiter: str, start: int = 0, end: int
         header = [h.strip() for h in split_fields(decode(first, encoding), delimiter)]
         missing_text = batcher.columns.text not in header
         f.seek(start)
-    for number, raw in content(csv_records(byte_lines(f, start), row), end):
+    for number, raw, after in content(csv_records(byte_lines(f, start), row), end):
         try:
             text = decode(raw, encoding)
             values = split_fields(text, delimiter)
@@ -240,9 +244,9 @@ def read_delimited(f, batcher: Batcher, delimiter: str, start: int = 0, end: int
                 raise ParseError(f"expected {len(header)} fields, got {len(values)}")
             if missing_text:
                 raise ParseError(f"file has no column {batcher.columns.text!r}")
-            batcher.add(number, {k: (v if v != "" else None) for k, v in zip(header, values)}, text)
+            batcher.add(number, {k: (v if v != "" else None) for k, v in zip(header, values)}, text, after)
         except (ParseError, csv.Error) as exc:
-            batcher.quarantine(number, _raw_text(raw, encoding), str(exc))
+            batcher.quarantine(number, _raw_text(raw, encoding), str(exc), after)
         if len(batcher) >= BATCH_ROWS:
             yield batcher.flush()
 
@@ -250,34 +254,39 @@ def read_delimited(f, batcher: Batcher, delimiter: str, start: int = 0, end: int
 PYTHON_LITERAL = "a Python dict literal, not JSON (as in Amazon's older review dumps)"
 
 
-def read_jsonl(f, batcher: Batcher, start: int = 0, end: int | None = None, row: int = 1,
+def read_jsonl(f, batcher: Batcher, start: int = 0, end: int | None = None,
                encoding: str = "utf-8") -> Iterator[pa.Table]:
-    """JSONL lines from the one at byte `start` (numbered `row`) to those starting at `end`.
+    """JSONL lines that start at byte `start` or after, up to those starting at `end`, each
+    numbered by its byte offset. `start` need not be a line's: the line it falls in belongs to
+    the range before (as Hadoop's and Spark's line readers cut a file), so ranges need no scan.
 
     Runs of `BATCH_ROWS` lines are parsed by Arrow's JSON reader when every line of the run is a
     clean record (`clean_rows`); any other run is read line by line, so a broken line is
     quarantined with its own reason and the rows are the same either way.
     """
+    lines = byte_lines(f)
     if start:
-        f.seek(start)
+        f.seek(start - 1)
+        lines = byte_lines(f, start - 1)
+        next(lines, None)  # up to the first newline at or after start - 1: the rest of a line begun before
     utf8 = codecs.lookup(encoding).name == "utf-8"
-    for run in _runs(content(line_records(byte_lines(f, start), row), end), BATCH_ROWS):
+    for run in _runs(content(line_records(lines), end), BATCH_ROWS):
         table = clean_rows(run, batcher) if utf8 else None
         if table is not None:
             yield table
             continue
-        for number, raw in run:
+        for number, raw, after in run:
             try:
                 text = decode(raw, encoding)
                 record = json.loads(text)
                 if not isinstance(record, dict):
                     raise ParseError(f"line is a JSON {type(record).__name__}, not an object")
-                batcher.add(number, record, text)
+                batcher.add(number, record, text, after)
             except (ParseError, json.JSONDecodeError) as exc:
                 reason = str(exc)
                 if isinstance(exc, json.JSONDecodeError):
                     reason = PYTHON_LITERAL if text.lstrip().startswith("{'") else f"invalid JSON: {exc}"
-                batcher.quarantine(number, _raw_text(raw, encoding), reason)
+                batcher.quarantine(number, _raw_text(raw, encoding), reason, after)
         yield batcher.flush()
 
 
@@ -290,13 +299,13 @@ def _runs(items, size: int) -> Iterator[list]:
 _AS_STRING = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_null)
 
 
-def clean_rows(run: list[tuple[int, bytes]], batcher: Batcher) -> pa.Table | None:
-    """The canonical rows of numbered UTF-8 JSON lines parsed by Arrow, or None unless each line is
+def clean_rows(run: list[tuple[int, bytes, int]], batcher: Batcher) -> pa.Table | None:
+    """The canonical rows of numbered UTF-8 JSON lines (`content`) parsed by Arrow, or None unless each line is
     an object whose fields Arrow types as `Batcher.add` would read them: texts strings, ratings
     integers 1-5 (or integral floats), ids, labels and the other fields strings or integers."""
     c = batcher.columns
     try:
-        table = pajson.read_json(pa.BufferReader(b"\n".join(raw for _, raw in run)),
+        table = pajson.read_json(pa.BufferReader(b"\n".join(raw for _, raw, _ in run)),
                                  read_options=pajson.ReadOptions(use_threads=False, block_size=1 << 30))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
@@ -332,12 +341,13 @@ def clean_rows(run: list[tuple[int, bytes]], batcher: Batcher) -> pa.Table | Non
     if any(v is None for v in fields.values()) or (c.label and label is None) \
             or any(v is None for v in extra.values()):
         return None
-    rows = pa.array([number for number, _ in run], pa.int64())
+    rows = pa.array([number for number, _, _ in run], pa.int64())
     source = pa.array([batcher.source] * n, pa.string())
     default_id = pc.binary_join_element_wise(source, rows.cast(pa.string()), ":")
     given = fields.pop("id")
     values = {"id": pc.if_else(pc.fill_null(pc.not_equal(given, ""), False), given, default_id), "text": text,
-              "rating": rating, **fields, "source": source, "_row": rows}
+              "rating": rating, **fields, "source": source, "_row": rows,
+              "_end": pa.array([after for _, _, after in run], pa.int64())}
     if c.text_pair:
         values["text_pair"] = pair
     if c.label:
@@ -409,10 +419,10 @@ def first_columns(fs, file: InputFile) -> list[str] | None:
         stream, encoding = as_records(f, file.encoding)
         try:
             if file.format in ("csv", "tsv"):
-                for _, raw in content(csv_records(byte_lines(stream))):
+                for _, raw, _ in content(csv_records(byte_lines(stream))):
                     return [h.strip() for h in split_fields(decode(raw, encoding), file.separator)]
             elif file.format == "jsonl":
-                for _, raw in content(line_records(byte_lines(stream))):
+                for _, raw, _ in content(line_records(byte_lines(stream))):
                     try:
                         record = json.loads(decode(raw, encoding))
                     except (ValueError, ParseError):

@@ -75,7 +75,7 @@ class RoutedParquetSink(Datasink):
                     writers[route].write_table(conform(part, schema))
                     rows[route] += part.num_rows
                     if self.keys is not None:
-                        written.append(part.select([c for c in (self.keys.group, self.keys.index) if c]))
+                        written.append(part.select(self.keys.columns))
                     if route == (self.tally_route or route):
                         count(self.tally, {"rows": part.num_rows})
             for w in writers.values():

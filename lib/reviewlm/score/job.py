@@ -16,7 +16,7 @@ from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
 from reviewlm.errors import UsageError
 from reviewlm.io.layout import Columns
-from reviewlm.io.ledger import Done, Keys, ledger_path, markers, read_record, recover, skip_done, write_record
+from reviewlm.io.ledger import RECORDS, Done, Keys, ledger_path, markers, read_record, recover, skip_done, write_record
 from reviewlm.io.quarantine import Quarantined, write_quarantine
 from reviewlm.io.readers import check_inputs, read_reviews, with_reasons, with_text
 from reviewlm.io.sink import RoutedParquetSink
@@ -81,8 +81,8 @@ def _resumed(out: OutputDir, unit: str, routes: dict) -> Done:
     if not out.resumed:
         return Done()
     done = recover(out.tmp_uri(), list(routes), unit)
-    if done.total:
-        print(f"  resuming {unit}: {done.total:,} rows scored by {done.tasks} finished tasks are kept")
+    if done.written:
+        print(f"  resuming {unit}: {done.written:,} rows scored by {done.tasks} finished tasks are kept")
     return done
 
 
@@ -195,7 +195,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                               extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows scored")
                 with progress(meter, bar=False) as tally:
                     reviews = skip_done(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
-                        with_text, batch_format="pyarrow"), done, Keys("_row", "source"))
+                        with_text, batch_format="pyarrow"), done, RECORDS)
                     actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
                     actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | (
                         {"task": task} if task != "mlm" else {})
@@ -205,7 +205,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                                                  **corpus_pool.resources)
                     scored.write_datasink(sink := RoutedParquetSink(
                         out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"m{i}-c-{attempt}-", tally=tally,
-                        tally_route="corpus" if task == "mlm" else "labels", keys=Keys("_row", "source"), done=done,
+                        tally_route="corpus" if task == "mlm" else "labels", keys=RECORDS, done=done,
                         unit=f"m{i}-c"), **WRITES)
                 sums.update(sink.result["summed"])
         if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began

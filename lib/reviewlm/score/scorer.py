@@ -235,14 +235,16 @@ class CorpusScorer(_ModelActor):
 
 
 def with_keys(table: pa.Table, batch: dict, order=None) -> pa.Table:
-    """`table` (a row per row of `batch`, in `order`) with the rows' `source` and `_row`, which
-    name them for the write's ledger (reviewlm.io.ledger) and are not written; `table` as it
-    is for a batch without them."""
+    """`table` (a row per row of `batch`, in `order`) with the rows' `source`, `_row` and `_end`,
+    which name them for the write's ledger (reviewlm.io.ledger) and are not written; `table` as
+    it is for a batch without them."""
     if "_row" not in batch:
         return table
     order = np.arange(table.num_rows) if order is None else order
-    return (table.append_column("source", pa.array(np.asarray(batch["source"])[order].tolist(), pa.string()))
-            .append_column("_row", pa.array(np.asarray(batch["_row"])[order], pa.int64())))
+    table = table.append_column("source", pa.array(np.asarray(batch["source"])[order].tolist(), pa.string()))
+    for key in ("_row", "_end"):
+        table = table.append_column(key, pa.array(np.asarray(batch[key])[order], pa.int64()))
+    return table
 
 
 def class_names(config, task: str = "classify") -> list[str]:
