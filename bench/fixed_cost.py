@@ -1,7 +1,7 @@
 """What a small job costs: each job on a tiny input as a whole process, over a bare
 `ray.init(); ray.shutdown()` timed in the same run, and the passes Ray Data made for it.
 
-    .venv/bin/python bench/fixed_cost.py [--repeat 3]
+    .venv/bin/python bench/fixed_cost.py [--repeat 3] [--before OTHER/lib]
 
 Inputs, made once: 1,000 synthesized reviews; a 200-product catalogue with its 22 needs,
 reviews and judgments (`synth --kind catalog`); 2 prompts; the offline `tiny` model. Each job
@@ -9,7 +9,9 @@ runs as `reviewlm ... --num-cpus 2` (a local Ray of its own), with the defaults 
 `filter` (the reference recipe), `train --model tiny --max-steps 2` (masked LM, and the 1-5
 star classifier), `score --model t=tiny --prompts` and `recommend` (the `starter` encoder,
 with reviews and judgments). The runs are interleaved, `--repeat` times; the medians are
-reported, and each job's ratio to the bare start.
+reported, and each job's ratio to the bare start. With `--before`, each job also runs, in
+turn with the others, on the code in that folder (`PYTHONPATH`: a worktree of an earlier
+commit), so that a change is measured against its baseline in the same run.
 
 From each job's Ray Data log (`ray-data.log` of its session): the executions (each a pass
 over some data), the all-to-all steps among them (shuffles: group-by, join, sort, hash
@@ -61,9 +63,10 @@ def prepare(data: Path) -> None:
                    env=ENV, check=True)
 
 
-def timed(argv: list) -> float:
+def timed(argv: list, lib: str | None = None) -> float:
     start = time.perf_counter()
-    res = subprocess.run(list(map(str, argv)), env=ENV, capture_output=True, text=True)
+    env = ENV if lib is None else {**ENV, "PYTHONPATH": lib}
+    res = subprocess.run(list(map(str, argv)), env=env, capture_output=True, text=True)
     if res.returncode:
         sys.exit(f"{' '.join(map(str, argv))} failed:\n{res.stderr[-3000:]}")
     return time.perf_counter() - start
@@ -80,6 +83,7 @@ def passes() -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--before", help="a lib/ folder of the code to compare with")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reviewlm-fixed-"))
     prepare(root)
@@ -88,15 +92,20 @@ def main() -> None:
     for r in range(args.repeat):
         times["bare start"].append(timed([BIN / "python", "-c", BARE]))
         for name, argv in jobs(root, root / f"out{r}").items():
+            if args.before:
+                before = [root / f"before{r}" / a.name if isinstance(a, Path) and a.parent == root / f"out{r}" else a
+                          for a in argv]
+                times.setdefault(f"{name} before", []).append(
+                    timed([BIN / "reviewlm", *before, "--num-cpus", 2], args.before))
             times.setdefault(name, []).append(timed([BIN / "reviewlm", *argv, "--num-cpus", 2]))
             steps[name] = passes()
     bare = statistics.median(times["bare start"])
-    print(f"{'job':<15}{'median s':>9}{'x bare':>8}{'goal':>7}{'passes':>8}{'all-to-all':>12}{'count()':>9}  runs")
+    print(f"{'job':<22}{'median s':>9}{'x bare':>8}{'goal':>7}{'passes':>8}{'all-to-all':>12}{'count()':>9}  runs")
     for name, runs in times.items():
         median = statistics.median(runs)
         goal = GOALS.get(name.split(" ")[0]) if name != "bare start" else None
         s = steps.get(name, {})
-        print(f"{name:<15}{median:>9.1f}{median / bare:>8.2f}{(f'{goal:.1f}' if goal else ''):>7}"
+        print(f"{name:<22}{median:>9.1f}{median / bare:>8.2f}{(f'{goal:.1f}' if goal else ''):>7}"
               f"{s.get('executions', ''):>8}{s.get('all-to-all', ''):>12}{s.get('count()', ''):>9}  "
               + ", ".join(f"{t:.1f}" for t in runs), flush=True)
 
