@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from reviewlm.options import RunOptions
 
 CONSOLE_LOG = "reviewlm-console.log"  # Ray's lines kept off the console, in the session's logs folder
+# A task's return larger than this goes to the object store. Ray's default (100 KB) returns it
+# into its owner's memory and inlines it into the specs of the tasks that read it, which the
+# driver keeps for lineage: near_dedup's many small messages held ~20 bytes per review there.
+SMALL_OBJECT_BYTES = 1024
 
 
 def init_ray(run: RunOptions) -> None:
@@ -22,8 +26,9 @@ def init_ray(run: RunOptions) -> None:
 
     Under `ray job submit`, RAY_ADDRESS is set and the job joins that cluster; `auto`
     joins a cluster started with `ray start`. Otherwise a new local Ray is started with
-    `run.num_cpus` (default: all cores of this machine), never a stray running one. A Ray
-    the caller already joined (a test's, a notebook's) is used as it is.
+    `run.num_cpus` (default: all cores of this machine) and `SMALL_OBJECT_BYTES` (cluster.yaml
+    sets it for a cluster), never a stray running one. A Ray the caller already joined (a
+    test's, a notebook's) is used as it is.
 
     Ray's log lines (its workers', Ray Data's and Ray Train's) go to the session's log
     files, named once on the console, unless `run.verbose` is set.
@@ -38,7 +43,8 @@ def init_ray(run: RunOptions) -> None:
     if address:
         ray.init(address=address, **logs)
     else:
-        ray.init(address="local", num_cpus=run.num_cpus or os.cpu_count(), include_dashboard=False, **logs)
+        ray.init(address="local", num_cpus=run.num_cpus or os.cpu_count(), include_dashboard=False, **logs,
+                 _system_config={"max_direct_call_object_size": SMALL_OBJECT_BYTES})
         if not run.verbose:
             print(f"Ray logs: {logs_dir()} (--verbose to show them here)", file=sys.stderr)
     _quiet_ray_data(run.verbose)
