@@ -1,7 +1,7 @@
 """What a small job costs: each job on a tiny input as a whole process, over a bare
 `ray.init(); ray.shutdown()` timed in the same run, and the passes Ray Data made for it.
 
-    .venv/bin/python bench/fixed_cost.py [--repeat 3] [--before OTHER/lib]
+    .venv/bin/python bench/fixed_cost.py [--repeat 3] [--before OTHER/lib] [--jobs train,score]
 
 Inputs, made once: 1,000 synthesized reviews; a 200-product catalogue with its 22 needs,
 reviews and judgments (`synth --kind catalog`); 2 prompts; the offline `tiny` model. Each job
@@ -84,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--before", help="a lib/ folder of the code to compare with")
+    ap.add_argument("--jobs", help="only these jobs, comma-separated (names as printed: train,train (stars))")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reviewlm-fixed-"))
     prepare(root)
@@ -92,6 +93,8 @@ def main() -> None:
     for r in range(args.repeat):
         times["bare start"].append(timed([BIN / "python", "-c", BARE]))
         for name, argv in jobs(root, root / f"out{r}").items():
+            if args.jobs and name not in args.jobs.split(","):
+                continue
             if args.before:
                 before = [root / f"before{r}" / a.name if isinstance(a, Path) and a.parent == root / f"out{r}" else a
                           for a in argv]

@@ -163,10 +163,14 @@ def running_task_pids(name_part: str) -> list[int]:
 
 
 def actor_pids(class_name: str) -> list[int]:
-    from ray.util.state import list_actors
-
-    return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
-            if a.pid]
+    """The processes of live Ray actors of this class, by the title Ray gives them (`ray::Class`,
+    or `ray::Class.method` while one runs): the state API answers too late for a short run."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        title = " ".join(p.info["cmdline"] or []).strip()
+        if title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}."):
+            found.append(p.pid)
+    return found
 
 
 class FaultyS3(ThreadingHTTPServer):
@@ -266,7 +270,7 @@ def registered(out) -> int:
     """Checkpoints Ray Train has registered (its manager's snapshot): the ones a restart resumes from.
 
     One on disk is not enough: the controller registers reports when it polls the workers
-    (every 2 s), and a checkpoint written just before a fault is never registered.
+    (every 0.1 s here), and a checkpoint written just before a fault is never registered.
     """
     try:
         snapshot = json.loads((out / "checkpoints" / "run" / "checkpoint_manager_snapshot.json").read_text())

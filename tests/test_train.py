@@ -13,7 +13,7 @@ from reviewlm.metrics import confusion_matrix, star_metrics
 from reviewlm.models import resolve_model
 from reviewlm.synth import write_synth
 from reviewlm.train.data import counted, split_bucket, split_rows, tokenize_and_chunk, training_rows
-from reviewlm.train.job import TrainArgs, train_model
+from reviewlm.train.job import POLL_ENV, TrainArgs, _polled, train_model
 from reviewlm.train.loop import MLMCollate
 from reviewlm.train.masking import mask_eval_blocks
 
@@ -196,6 +196,18 @@ def test_streamed_splits_and_counts_are_the_materialized_ones(corpus, tok):
     tokens = pa.compute.sum(counts["_tokens"]).as_py()
     assert tokens // 32 == len(tokenize_and_chunk({"text": texts}, tok, 32)["input_ids"])
     assert counts.num_rows == len(rows) and counts["error"].null_count == len(rows)
+
+
+def test_the_controller_polls_more_workers_less_often_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    for workers, interval in ((1, "0.1"), (2, "0.1"), (16, "0.8"), (100, "2")):
+        with _polled(workers):
+            assert os.environ[POLL_ENV] == interval
+        assert POLL_ENV not in os.environ  # the next job works out its own
+    monkeypatch.setenv(POLL_ENV, "3")
+    with _polled(2):
+        assert os.environ[POLL_ENV] == "3"
+    assert os.environ[POLL_ENV] == "3"
 
 
 def test_star_metrics_by_hand():
