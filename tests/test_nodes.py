@@ -29,13 +29,15 @@ def start_nodes(cpus: list[int]):
     # the head declares a node dead after 3 missed health checks 0.5 s apart (defaults: 5, 3 s apart)
     fast = ['--system-config={"health_check_period_ms": 500, "health_check_failure_threshold": 3}']
     markers = [f"{temp}:node{i}" for i in range(len(cpus))]
-    for i, (n, marker) in enumerate(zip(cpus, markers)):
-        where = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *fast] if i == 0 \
-            else [f"--address=127.0.0.1:{port}"]
-        subprocess.run(start + where + [f"--num-cpus={n}"], check=True, env={**env, "REVIEWLM_TEST_NODE": marker},
-                       capture_output=True)
-    yield f"127.0.0.1:{port}", markers
-    stop_nodes(temp)
+    try:  # a node that fails to start does not leave the ones before it running
+        for i, (n, marker) in enumerate(zip(cpus, markers)):
+            where = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *fast] if i == 0 \
+                else [f"--address=127.0.0.1:{port}"]
+            subprocess.run(start + where + [f"--num-cpus={n}"], check=True,
+                           env={**env, "REVIEWLM_TEST_NODE": marker}, capture_output=True)
+        yield f"127.0.0.1:{port}", markers
+    finally:
+        stop_nodes(temp)
 
 
 @pytest.fixture
