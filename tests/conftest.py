@@ -149,28 +149,29 @@ class Killer(threading.Thread):
             time.sleep(0.05)  # a filter task may run for half a second
 
 
-def running_task_pids(name_part: str) -> list[int]:
-    """PIDs of Ray workers running a task whose name contains `name_part`, by the title Ray
-    gives a worker while it runs one (`ray::<task name>`): seen at once, where Ray's state API
-    reports a task up to a second late, and a filter task here may run for half a second."""
-    pids = []
+def ray_titles() -> dict[int, str]:
+    """The title Ray gives each of its worker processes (`ray::<task name>` while it runs a task,
+    `ray::Class` or `ray::Class.method` for an actor), by PID: seen at once, where Ray's state API
+    reports a task or an actor up to a second late."""
+    titles = {}
     for p in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            title = " ".join(p.cmdline())
-            if title.startswith("ray::") and name_part in title:
-                pids.append(p.pid)
-    return pids
+            title = " ".join(p.cmdline()).strip()
+            if title.startswith("ray::"):
+                titles[p.pid] = title
+    return titles
+
+
+def running_task_pids(name_part: str) -> list[int]:
+    """PIDs of Ray workers running a task whose name contains `name_part` (a filter task here may
+    run for half a second)."""
+    return [pid for pid, title in ray_titles().items() if name_part in title]
 
 
 def actor_pids(class_name: str) -> list[int]:
-    """The processes of live Ray actors of this class, by the title Ray gives them (`ray::Class`,
-    or `ray::Class.method` while one runs): the state API answers too late for a short run."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        title = " ".join(p.info["cmdline"] or []).strip()
-        if title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}."):
-            found.append(p.pid)
-    return found
+    """PIDs of the live Ray actors of this class (a short training run ends within a second)."""
+    return [pid for pid, title in ray_titles().items()
+            if title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}.")]
 
 
 class FaultyS3(ThreadingHTTPServer):
