@@ -6,7 +6,7 @@ memory (RssAnon) of the largest single process and of the driver, as ratios.
 Each job runs as a whole process (`reviewlm ... --num-cpus CPUS`, its own local Ray) on
 inputs that grow with the data (one Parquet file per 31,250 rows). Every process under the
 job (driver, raylet, workers) is sampled every 0.25 s; a Ray worker keeps its memory between
-tasks, so the title a process had at its peak (`ray::MaskScorer`...) is an indication only.
+tasks, so the title a process had at its peak (`ray::MapWorker(MapBatches(EachModel))`...) is an indication only.
 
 - filter: `filter` with `dedup`, `near_dedup` and `sentiment` on N and 4N synthesized reviews
   of 20-80 words, 30% of them near copies, in JSON Lines files of 37,500 reviews; input MB/s

@@ -130,7 +130,7 @@ def test_scoring_survives_a_lost_node(two_nodes, tmp_path):
                             "--address", address],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    lost = lose_node(second, job, "MaskScorer", after=2)
+    lost = lose_node(second, job, "EachModel", after=2)
     _, err = job.communicate(timeout=600)
     assert lost, "the job ended before the second node ran a scoring actor"
     assert job.returncode == 0, err[-3000:]

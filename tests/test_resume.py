@@ -152,7 +152,7 @@ def test_a_killed_score_job_resumes_to_exactly_the_uninterrupted_output(ray_clus
     assert written and not (out / "_SUCCESS").exists()
     res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "resuming m0-p" in res.stdout, res.stdout
+    assert "resuming prompts" in res.stdout, res.stdout
     summary, want = (json.loads((o / "summary.json").read_text()) for o in (out, clean))
     assert {k: v for k, v in summary.items() if k != "wall_time_s"} == {k: v for k, v in want.items()
                                                                         if k != "wall_time_s"}

@@ -181,7 +181,7 @@ def test_two_models_prompts_and_corpus_end_to_end(ray_cluster, tiny, tmp_path):
 def scoring_tasks_finished() -> int:
     from ray.util.state import list_tasks
 
-    return sum("MaskScorer" in t.name for t in list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000))
+    return sum("EachModel" in t.name for t in list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000))
 
 
 @pytest.mark.slow

@@ -107,24 +107,23 @@ def _read(out: OutputDir, route: str, columns: list[str] | None = None, filters=
     return pd.read_parquet(out.tmp_uri(route), columns=columns, filters=filters)
 
 
-def _of_prompts(out: OutputDir, units: list[str], route: str, ids, columns: list[str] | None = None) -> pd.DataFrame:
+def _of_prompts(out: OutputDir, route: str, ids, columns: list[str] | None = None) -> pd.DataFrame:
     """The rows of `route` (prompts, masks, predictions) for the prompt indexes `ids`, read from
     the files whose ledger records name those indexes: a few files, however many were written
     (opening every file of a million prompts cost the driver some 50 MB)."""
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     files = set()
-    for unit in units:
-        for record in markers(out.tmp_uri(ledger_path(unit))):
-            spans = record["keys"].get("", [])
-            if any(np.searchsorted(ids, start) < np.searchsorted(ids, end) for start, end in spans):
-                files.update(f"{out.tmp}/{f}" for f in record["files"] if f.startswith(f"{route}/"))
+    for record in markers(out.tmp_uri(ledger_path("prompts"))):
+        spans = record["keys"].get("", [])
+        if any(np.searchsorted(ids, start) < np.searchsorted(ids, end) for start, end in spans):
+            files.update(f"{out.tmp}/{f}" for f in record["files"] if f.startswith(f"{route}/"))
     if not files:
         return pd.DataFrame()
     return pads.dataset(sorted(files), filesystem=arrow_filesystem(out.fs), format="parquet").to_table(
         columns=columns, filter=pc.field("prompt_index").isin(ids)).to_pandas()
 
 
-def _shown_prompts(out: OutputDir, units: list[str], prompts: int, invalid: bool) -> pd.DataFrame:
+def _shown_prompts(out: OutputDir, prompts: int, invalid: bool) -> pd.DataFrame:
     """The first valid prompts by index, as many as the report shows (one row each)."""
     from reviewlm.report.render import MAX_PROMPT_FIGURES, MAX_PROMPT_ROWS
 
@@ -137,7 +136,7 @@ def _shown_prompts(out: OutputDir, units: list[str], prompts: int, invalid: bool
         for batch in pads.dataset(path, filesystem=out.fs).to_batches(columns=["prompt_index"],
                                                                        filter=pc.field("error").is_null()):
             ids = np.unique(np.concatenate([ids, batch["prompt_index"].to_numpy()]))[:k]
-    shown = _of_prompts(out, units, "prompts", ids, ["prompt_index", "prompt"])
+    shown = _of_prompts(out, "prompts", ids, ["prompt_index", "prompt"])
     return shown.drop_duplicates("prompt_index").sort_values("prompt_index", ignore_index=True)
 
 
@@ -168,58 +167,56 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                   "corpus": S.CORPUS, "labels": S.LABELS}
         unscored = _quarantine(texts, columns, run, out, f"the corpus {corpus[0]}") if corpus else None
         sums: Counter = Counter()  # what every write task summed for summary.json
-        for i, (name, ref) in enumerate((n, portable_ref(r)) for n, r in models.items()):
-            done = _resumed(out, f"m{i}-p", routes) if task == "mlm" else Done()
-            todo = len(prompts) - done.total if task == "mlm" else 0
-            if todo:
-                scorer = {"name": name, "ref": ref, "use_gpu": use_gpu, "top_k": args.top_k, "word_sets": word_sets,
-                          "substitution_prompts": SUBSTITUTION_PROMPTS}
-                actors = pool.limit(-(-todo // args.batch_size))  # no actor without a batch to score
-                with progress(Meter(f"scoring {name}", key="rows", unit="prompts", total=todo),
-                              bar=False) as tally:
-                    # zero-CPU as the read is, and no more tasks than actors (each would start a worker)
-                    skip_done(prompts.dataset(actors.size), done, Keys("prompt_index"), num_cpus=0,
-                              compute=TaskPoolStrategy(size=actors.size)).map_batches(
-                        S.MaskScorer, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
-                        compute=ActorPoolStrategy(size=actors.size), **actors.resources,
-                    ).write_datasink(sink := RoutedParquetSink(
-                        out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"m{i}-p-{attempt}-", tally=tally,
-                        tally_route="prompts", keys=Keys("prompt_index"), done=done, unit=f"m{i}-p"), **WRITES)
-                sums.update(sink.result["summed"])
-            else:
-                sums.update(done.summed)
-            if corpus:
-                done = _resumed(out, f"m{i}-c", routes)
-                meter = Meter(f"scoring {name} on the corpus", key="bytes", unit="MB", scale=1e6,
-                              total=sum(f.size for f in texts.files),
-                              extra=lambda values, rate: f"{int(values.get('rows', 0)):,} rows scored")
-                with progress(meter, bar=False) as tally:
-                    reviews = skip_done(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
-                        with_text, batch_format="pyarrow"), done, RECORDS)
-                    actor = S.CorpusScorer if task == "mlm" else S.ClassifyScorer
-                    actor_args = {"name": name, "ref": ref, "use_gpu": use_gpu} | (
-                        {"task": task} if task != "mlm" else {})
-                    scored = reviews.map_batches(actor, fn_constructor_kwargs=actor_args, batch_size=args.batch_size,
-                                                 batch_format="numpy",
-                                                 compute=ActorPoolStrategy(size=corpus_pool.size),
-                                                 **corpus_pool.resources)
-                    scored.write_datasink(sink := RoutedParquetSink(
-                        out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"m{i}-c-{attempt}-", tally=tally,
-                        tally_route="corpus" if task == "mlm" else "labels", keys=RECORDS, done=done,
-                        unit=f"m{i}-c"), **WRITES)
-                sums.update(sink.result["summed"])
+        refs = {name: portable_ref(ref) for name, ref in models.items()}
+        names = ", ".join(models)
+        done = _resumed(out, "prompts", routes) if task == "mlm" else Done()
+        todo = len(prompts) - done.total if task == "mlm" else 0
+        if todo:
+            scorer = {"scorer": S.MaskScorer, "models": refs, "use_gpu": use_gpu, "top_k": args.top_k,
+                      "word_sets": word_sets, "substitution_prompts": SUBSTITUTION_PROMPTS}
+            actors = pool.limit(-(-todo // args.batch_size))  # no actor without a batch to score
+            # every model writes a prompts row per prompt
+            meter = Meter(f"scoring {names}", key="rows", unit="prompts", total=todo * len(models), scale=len(models))
+            with progress(meter, bar=False) as tally:
+                # zero-CPU as the read is, and no more tasks than actors (each would start a worker)
+                skip_done(prompts.dataset(actors.size), done, Keys("prompt_index"), num_cpus=0,
+                          compute=TaskPoolStrategy(size=actors.size)).map_batches(
+                    S.EachModel, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
+                    compute=ActorPoolStrategy(size=actors.size), **actors.resources,
+                ).write_datasink(sink := RoutedParquetSink(
+                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"prompts-{attempt}-", tally=tally,
+                    tally_route="prompts", keys=Keys("prompt_index"), done=done, unit="prompts"), **WRITES)
+            sums.update(sink.result["summed"])
+        else:
+            sums.update(done.summed)
+        if corpus:
+            done = _resumed(out, "corpus", routes)
+            meter = Meter(f"scoring {names} on the corpus", key="bytes", unit="MB", scale=1e6,
+                          total=sum(f.size for f in texts.files),
+                          extra=lambda values, rate: f"{int(values.get('rows', 0)) // len(models):,} rows scored")
+            with progress(meter, bar=False) as tally:
+                reviews = skip_done(read_reviews(texts, columns, run.split_bytes, tally).map_batches(
+                    with_text, batch_format="pyarrow"), done, RECORDS)
+                scorer = {"scorer": S.CorpusScorer if task == "mlm" else S.ClassifyScorer, "models": refs,
+                          "use_gpu": use_gpu} | ({"task": task} if task != "mlm" else {})
+                reviews.map_batches(S.EachModel, fn_constructor_kwargs=scorer, batch_size=args.batch_size,
+                                    batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool.size),
+                                    **corpus_pool.resources,
+                                    ).write_datasink(sink := RoutedParquetSink(
+                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"corpus-{attempt}-", tally=tally,
+                    tally_route="corpus" if task == "mlm" else "labels", keys=RECORDS, done=done,
+                    unit="corpus"), **WRITES)
+            sums.update(sink.result["summed"])
         if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
-            for i in range(len(models)):
-                for unit in (f"m{i}-p", f"m{i}-c"):
-                    recover(out.tmp_uri(), list(routes), unit)
-        units = [f"m{i}-p" for i in range(len(models))]
-        summary = _summary(out, models, paths, classes, task, word_sets, sums, units, len(prompts))
+            for unit in ("prompts", "corpus"):
+                recover(out.tmp_uri(), list(routes), unit)
+        summary = _summary(out, models, paths, classes, task, word_sets, sums, len(prompts))
         if corpus:
             summary = replace(summary, corpus_quarantined=unscored.quarantined)
         from reviewlm.report.render import write_report
 
-        shown = _shown_prompts(out, units, len(prompts), invalid=bool(summary.invalid_prompts))
-        predictions = _of_prompts(out, units, "predictions", shown["prompt_index"]) if len(shown) else \
+        shown = _shown_prompts(out, len(prompts), invalid=bool(summary.invalid_prompts))
+        predictions = _of_prompts(out, "predictions", shown["prompt_index"]) if len(shown) else \
             pd.DataFrame()
         write_report(out, summary, predictions, shown, top_k=args.top_k, trained=trained, funnel=funnel)
         counts = {"models": len(models), "prompts": len(prompts), "reviews": summary.corpus_reviews or 0,
@@ -236,7 +233,7 @@ def _class_names(paths: dict[str, str], task: str) -> dict[str, list[str]]:
 
 
 def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str, word_sets: dict,
-             sums: Counter, units: list[str], prompts: int) -> ScoreResult:
+             sums: Counter, prompts: int) -> ScoreResult:
     """summary.json, from what the write tasks summed (`sums`, score.metrics.summary_sums); the
     driver reads only the invalid prompts (when the sums say there are any) and the few prompts
     substitutions are shown for."""
@@ -254,7 +251,7 @@ def _summary(out: OutputDir, models: dict, paths: dict, classes: dict, task: str
     if scored["prompts"] and len(names) > 1:
         from transformers import AutoTokenizer  # 2 s of imports a one-model run does without
 
-        masks = _of_prompts(out, units, "masks", range(SUBSTITUTION_PROMPTS),
+        masks = _of_prompts(out, "masks", range(SUBSTITUTION_PROMPTS),
                             ["model", "prompt_index", "mask_index", "top_ids", "top_probs"])
         tok = AutoTokenizer.from_pretrained(paths[names[0]])
         substitutions = {f"{other} vs {names[0]}": M.substitutions(masks, names[0], other, lambda t: tok.decode([t]))

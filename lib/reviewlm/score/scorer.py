@@ -1,4 +1,4 @@
-"""Ray Data actors that load a model once and score batches: prompts, corpora, classes.
+"""Ray Data actors that load their models once and score batches: prompts, corpora, classes.
 
 Prompts are bucketed by length (sorted, then cut into micro-batches) so little padding is
 computed, and the vocabulary head runs only at the mask positions. Each actor emits rows
@@ -84,6 +84,18 @@ class _ModelActor:
         """Indices of `texts` (or pairs), sorted by token length and cut into micro-batches."""
         lengths = [len(ids) for ids in self.tok(texts, pairs, add_special_tokens=True, verbose=False)["input_ids"]]
         return lengths, length_groups(lengths, size)
+
+
+class EachModel:
+    """A Ray Data actor that holds every model of a job, as a `scorer` each, and scores each
+    batch with each of them: a job pays one actor start (process, imports) per pass, however
+    many models it compares, and reads and batches its inputs once."""
+
+    def __init__(self, scorer: type[_ModelActor], models: dict[str, str], **kwargs):
+        self.scorers = [scorer(name, ref, **kwargs) for name, ref in models.items()]
+
+    def __call__(self, batch: dict) -> pa.Table:
+        return pa.concat_tables([scorer(batch) for scorer in self.scorers], promote_options="default")
 
 
 class MaskScorer(_ModelActor):
