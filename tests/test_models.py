@@ -1,5 +1,10 @@
 """Model references: the offline starter is a faithful conversion; bad references exit 2."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from reviewlm.errors import UsageError
@@ -8,8 +13,6 @@ from reviewlm.models import _minilm_dir, resolve_model
 
 @pytest.fixture(scope="session", autouse=True)
 def cache(tmp_path_factory):
-    import os
-
     os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
@@ -38,6 +41,24 @@ def test_tiny_is_small_and_loads_in_a_fill_mask_pipeline():
     out = fill("Nike shoes are very [MASK].", top_k=3)
     assert len(out) == 3 and all(0 <= o["score"] <= 1 for o in out)
     assert sum(p.numel() for p in fill.model.parameters()) < 5_000_000
+
+
+def test_a_model_another_process_built_first_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two training workers of a node build `tiny` at once: the second must not remove the
+    first one's copy, which the first may be loading (a worker once read it half-removed)."""
+    from reviewlm.models import build_tiny
+
+    monkeypatch.setenv("REVIEWLM_CACHE", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"tiny.tmp{int(dead.stdout)}").mkdir()  # a process killed while it built
+    (tmp_path / f"tiny.tmp{os.getpid()}x").mkdir()  # not one of ours
+    first = Path(resolve_model("tiny"))
+    before = {p.name: p.stat().st_ino for p in first.iterdir()}
+    build_tiny(first)  # the slower process finishes its own build
+    assert {p.name: p.stat().st_ino for p in first.iterdir()} == before  # the very same files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", f"tiny.tmp{os.getpid()}x"]  # copies dropped
+    (tmp_path / "tiny" / "config.json").unlink()  # a leftover that is not a model is replaced
+    assert (Path(resolve_model("tiny")) / "config.json").exists()
 
 
 @pytest.mark.parametrize("ref, message", [

@@ -108,9 +108,37 @@ def _save(model, target: Path) -> Path:
         if shown:
             logging.enable_progress_bar()
     _tokenizer().save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # atomic: a half-built model is never reused
+    return _publish(tmp, target)
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Move the complete model directory `tmp` to `target` at once: a half-built model is never
+    seen. Several processes of a node may build or fetch the same model together (a job's
+    training workers); the first one's copy stays, since the others may be loading it already
+    (removing it under them fails their load), and theirs are dropped."""
+    if target.exists() and not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)  # not a model: a leftover of an older version
+    try:
+        os.replace(tmp, target)  # replaces no directory but an empty one
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in target.parent.glob(f"{target.name}.tmp*"):  # of processes killed while they built
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     return target
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _fetch_s3(uri: str) -> Path:
@@ -127,8 +155,7 @@ def _fetch_s3(uri: str) -> Path:
             fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
         except (OSError, PermissionError) as exc:
             raise UsageError(f"cannot read model {uri}: {storage_error(exc)}") from None
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     return target
 
 
