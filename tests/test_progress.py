@@ -22,6 +22,9 @@ def test_a_stage_done_before_it_was_seen_and_one_without_a_total():
     reading.line({"bytes": 1e6, "rows": 10}, 1.0)
     assert reading.line({"bytes": 61e6, "rows": 50_000}, 31.0) == \
         "  filtering: 61 MB after 31 s, 2.0 MB/s; 50,000 rows"
+    small = Meter("scoring a, b on the corpus", key="bytes", unit="MB", scale=1e6, total=230_000, start=0.0)
+    assert small.line({"bytes": 230_000}, 10.0, final=True) == \
+        "  scoring a, b on the corpus: 0.23/0.23 MB in 10 s, 0.023 MB/s"  # not "0/0 MB"
     assert [duration(s) for s in (0.4, 59, 61, 3599, 7325)] == \
         ["0 s", "59 s", "1 min 01 s", "59 min 59 s", "2 h 02 min"]
 

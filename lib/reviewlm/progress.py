@@ -108,19 +108,26 @@ class Meter:
 
     def line(self, values: dict, now: float, final: bool = False) -> str:
         done, rate = self.rate(values, now, final)
-        shown = f"{done / self.scale:,.0f}" + (f"/{self.total / self.scale:,.0f}" if self.total else "")
+        shown = amount(done / self.scale) + (f"/{amount(self.total / self.scale)}" if self.total else "")
         text = f"  {self.label}: {shown} {self.unit}"
         if self.total and not final:
             text += f" ({100 * done / self.total:.0f}%)"
         text += f" {'in' if final else 'after'} {duration(now - self.start)}"
         if rate:
-            text += f", {rate / self.scale:,.1f} {self.unit}/s"
+            per_s = rate / self.scale
+            text += f", {per_s:,.1f} {self.unit}/s" if per_s >= 0.1 else f", {per_s:.2g} {self.unit}/s"
         if rate and self.total and not final and done < self.total:
             text += f", ETA {duration((self.total - done) / rate)}"
         if self.extra:
             more = self.extra(values, rate)
             text += f"; {more}" if more else ""
         return text
+
+
+def amount(value: float) -> str:
+    """A count as a whole number; below 10, a fraction to 2 significant digits (a 0.2 MB corpus
+    is not "0 MB")."""
+    return f"{value:,.0f}" if value >= 10 or value == round(value) else f"{value:.2g}"
 
 
 @contextmanager
