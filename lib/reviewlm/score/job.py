@@ -34,6 +34,8 @@ SUBSTITUTION_PROMPTS = 20
 # Writes take no CPU: scored rows go to storage as they come, while the actors hold every CPU
 # (a write task waiting for a CPU would hold every scored block in the object store until the end)
 WRITES = {"ray_remote_args": {"num_cpus": 0}}
+# The ledger's units of work (reviewlm.io.ledger): a pass each, every model in it
+PROMPT_UNIT, CORPUS_UNIT = "prompts", "corpus"
 
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -113,7 +115,7 @@ def _of_prompts(out: OutputDir, route: str, ids, columns: list[str] | None = Non
     (opening every file of a million prompts cost the driver some 50 MB)."""
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     files = set()
-    for record in markers(out.tmp_uri(ledger_path("prompts"))):
+    for record in markers(out.tmp_uri(ledger_path(PROMPT_UNIT))):
         spans = record["keys"].get("", [])
         if any(np.searchsorted(ids, start) < np.searchsorted(ids, end) for start, end in spans):
             files.update(f"{out.tmp}/{f}" for f in record["files"] if f.startswith(f"{route}/"))
@@ -169,7 +171,7 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
         sums: Counter = Counter()  # what every write task summed for summary.json
         refs = {name: portable_ref(ref) for name, ref in models.items()}
         names = ", ".join(models)
-        done = _resumed(out, "prompts", routes) if task == "mlm" else Done()
+        done = _resumed(out, PROMPT_UNIT, routes) if task == "mlm" else Done()
         todo = len(prompts) - done.total if task == "mlm" else 0
         if todo:
             scorer = {"scorer": S.MaskScorer, "models": refs, "use_gpu": use_gpu, "top_k": args.top_k,
@@ -184,13 +186,13 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                     S.EachModel, fn_constructor_kwargs=scorer, batch_size=args.batch_size, batch_format="numpy",
                     compute=ActorPoolStrategy(size=actors.size), **actors.resources,
                 ).write_datasink(sink := RoutedParquetSink(
-                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"prompts-{attempt}-", tally=tally,
-                    tally_route="prompts", keys=Keys("prompt_index"), done=done, unit="prompts"), **WRITES)
+                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"{PROMPT_UNIT}-{attempt}-", tally=tally,
+                    tally_route="prompts", keys=Keys("prompt_index"), done=done, unit=PROMPT_UNIT), **WRITES)
             sums.update(sink.result["summed"])
         else:
             sums.update(done.summed)
         if corpus:
-            done = _resumed(out, "corpus", routes)
+            done = _resumed(out, CORPUS_UNIT, routes)
             meter = Meter(f"scoring {names} on the corpus", key="bytes", unit="MB", scale=1e6,
                           total=sum(f.size for f in texts.files),
                           extra=lambda values, rate: f"{int(values.get('rows', 0)) // len(models):,} rows scored")
@@ -203,12 +205,12 @@ def score_models(models: dict[str, str], output: str, *, prompts: Prompts | list
                                     batch_format="numpy", compute=ActorPoolStrategy(size=corpus_pool.size),
                                     **corpus_pool.resources,
                                     ).write_datasink(sink := RoutedParquetSink(
-                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"corpus-{attempt}-", tally=tally,
+                    out.tmp_uri(), routes, sums=M.summary_sums, prefix=f"{CORPUS_UNIT}-{attempt}-", tally=tally,
                     tally_route="corpus" if task == "mlm" else "labels", keys=RECORDS, done=done,
-                    unit="corpus"), **WRITES)
+                    unit=CORPUS_UNIT), **WRITES)
             sums.update(sink.result["summed"])
         if out.resumed:  # a worker of the interrupted run may outlive it, and write after this run began
-            for unit in ("prompts", "corpus"):
+            for unit in (PROMPT_UNIT, CORPUS_UNIT):
                 recover(out.tmp_uri(), list(routes), unit)
         summary = _summary(out, models, paths, classes, task, word_sets, sums, len(prompts))
         if corpus:
