@@ -334,16 +334,6 @@ def test_a_short_classifier_run_reads_splits_and_tests_only_the_rows_its_steps_n
 
 
 @pytest.mark.slow
-def test_the_same_seed_trains_the_same_model(mlm_run, corpus, tmp_path):
-    """Fixed shards per rank, own mask generators: a second run repeats the first exactly."""
-    first, again = mlm_run[1], train_model([corpus], str(tmp_path / "again"), TrainArgs(**ARGS))
-    assert again.before.perplexity == first.before.perplexity
-    losses = [(e.train_loss, e.eval_loss) for e in first.epochs]
-    assert [(e.train_loss, e.eval_loss) for e in again.epochs] == losses
-    assert len(set(losses)) == 3  # and the epochs differ from each other
-
-
-@pytest.mark.slow
 def test_streaming_trains_every_block_each_epoch_and_reports_true_eval_losses(mlm_run, corpus, tok, tmp_path):
     """`--streaming on`: the train blocks are tokenized while the workers train; eval/ holds
     the eval rows' blocks, and the reported losses are recomputed from it outside Ray."""
@@ -362,29 +352,37 @@ def test_streaming_trains_every_block_each_epoch_and_reports_true_eval_losses(ml
     assert before == pytest.approx(metrics.before.eval_loss, rel=0.02)
 
 
-FAULT_EPOCHS = 5  # the faults strike once a checkpoint is registered: epochs remain to catch a worker in
+def epoch_losses(epochs) -> list[tuple[float, float]]:
+    return [(e["train_loss"], e["eval_loss"]) if isinstance(e, dict) else (e.train_loss, e.eval_loss) for e in epochs]
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(mlm_run, corpus, tmp_path):
-    steps = mlm_run[1].epochs[0].step
+def test_a_worker_killed_mid_run_resumes_to_exactly_the_uninterrupted_run(mlm_run, corpus, tmp_path):
+    """A second run of `mlm_run`'s arguments: once a checkpoint is registered, a training worker
+    is SIGKILLed. Fixed shards per rank, and each epoch's draws (dropout, masks) from its own
+    seeds: the run before the kill repeats the first exactly, and so do the epochs after it."""
+    uninterrupted = mlm_run[1]
+    steps = uninterrupted.epochs[0].step
     out = tmp_path / "fault"
-    # once a checkpoint is registered, a training worker is SIGKILLed
     killer = Killer(lambda: actor_pids("RayTrainWorker"), ready=lambda: registered(out) >= 1)
-    metrics = train_model([corpus], str(out), TrainArgs(**{**ARGS, "epochs": FAULT_EPOCHS}))
+    metrics = train_model([corpus], str(out), TrainArgs(**ARGS))
     killer.join(1)
     assert killer.killed, "training ended before a worker could be killed"
     [restart] = metrics.restarts
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e.epoch for e in metrics.epochs] == list(range(1, FAULT_EPOCHS + 1))  # not started over
-    assert metrics.epochs[-1].step == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
+    assert [e.epoch for e in metrics.epochs] == [1, 2, 3] and metrics.epochs[-1].step == 3 * steps  # not started over
+    assert metrics.before.perplexity == uninterrupted.before.perplexity
+    assert epoch_losses(metrics.epochs) == epoch_losses(uninterrupted.epochs)
+    assert len(set(epoch_losses(metrics.epochs))) == 3 and (out / "_SUCCESS").exists()  # the epochs differ
 
 
 @pytest.mark.slow
 def test_a_training_job_killed_as_a_whole_resumes(ray_cluster, mlm_run, corpus, tmp_path):
-    steps = mlm_run[1].epochs[0].step
+    """`mlm_run`'s arguments on the command line, the job killed (driver, its Ray, the workers)
+    once a checkpoint is registered: `--resume` ends with the uninterrupted run's epochs and model."""
+    uninterrupted, steps = mlm_run[0], mlm_run[1].epochs[0].step
     out = tmp_path / "killed"
-    argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", FAULT_EPOCHS,
+    argv = [BIN / "reviewlm", "train", "--data", corpus, "--output", out, "--model", "tiny", "--epochs", 3,
             "--batch-size", 16, "--lr", 1e-3, "--chunk-size", 32, "--num-cpus", 2]
     kill_job_when(argv, ready=lambda: registered(out) >= 1)
     assert not (out / "_SUCCESS").exists() and not (out / "model").exists()
@@ -393,11 +391,13 @@ def test_a_training_job_killed_as_a_whole_resumes(ray_cluster, mlm_run, corpus, 
     assert res.returncode == 2 and "already exists" in res.stderr
     res = run_job(*argv[1:], "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, want = (json.loads((o / "metrics.json").read_text()) for o in (out, uninterrupted))
     [restart] = metrics["restarts"]
     assert restart["from_epoch"] >= 1 and restart["from_step"] == restart["from_epoch"] * steps
-    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, FAULT_EPOCHS + 1))
-    assert metrics["epochs"][-1]["step"] == FAULT_EPOCHS * steps and (out / "_SUCCESS").exists()
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["epochs"][-1]["step"] == 3 * steps
+    assert epoch_losses(metrics["epochs"]) == epoch_losses(want["epochs"]) and (out / "_SUCCESS").exists()
+    weights = "model.safetensors"
+    assert (out / "model" / weights).read_bytes() == (uninterrupted / "model" / weights).read_bytes()
 
     # an --overwrite killed once its own checkpoint is registered leaves the output as it was,
     # and `--overwrite --resume` continues it from that checkpoint
@@ -408,7 +408,7 @@ def test_a_training_job_killed_as_a_whole_resumes(ray_cluster, mlm_run, corpus, 
     assert res.returncode == 0, res.stderr[-3000:]
     replaced = json.loads((out / "metrics.json").read_text())
     [restart] = replaced["restarts"]
-    assert restart["from_epoch"] >= 1 and replaced["epochs"][-1]["step"] == FAULT_EPOCHS * steps
+    assert restart["from_epoch"] >= 1 and epoch_losses(replaced["epochs"]) == epoch_losses(want["epochs"])
     assert json.loads((out / "_SUCCESS").read_text())["run_id"] != json.loads(before[out / "_SUCCESS"])["run_id"]
     assert not (out / "_temporary").exists() and registered(out) >= 1
 

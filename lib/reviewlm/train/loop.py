@@ -299,6 +299,7 @@ def batches(run: Run, shard, collate):
 def train_epoch(run: Run, shard, collate) -> tuple[float, float | None]:
     """One pass over this worker's shard (or up to the step budget): mean loss, samples/s."""
     bs, losses, timer = run.config.batch_size, [], None
+    run.model.train()  # dropout on: a model loaded from a checkpoint comes in eval mode
     for batch in batches(run, shard, collate):
         with run.autocast():
             loss = run.model(**batch).loss
@@ -378,6 +379,17 @@ def save_and_report(run: Run, metrics: dict) -> None:
         ray.train.report({"epoch": run.epoch, "step": run.step, **metrics}, checkpoint=checkpoint)
 
 
+def seeded(run: Run) -> NumpyBatchCollateFn:
+    """This epoch's collator, and its random draws (dropout, masks) from seeds of its own: a run
+    restarted from a checkpoint trains the epochs after it exactly as an uninterrupted run."""
+    cfg = run.config
+    dropout, masks = np.random.SeedSequence([cfg.seed, run.rank, run.epoch]).generate_state(2).tolist()
+    torch.manual_seed(dropout)
+    if cfg.task == "mlm":  # fresh masks every pass over the training blocks
+        return MLMCollate(run.tokenizer, cfg.mask_probability, cfg.whole_word, masks)
+    return TensorCollate(run.tokenizer.pad_token_id)
+
+
 def train_func(config: dict) -> None:
     """Train on this worker's shard; evaluate, checkpoint and report every epoch."""
     config = dict(config)
@@ -386,15 +398,11 @@ def train_func(config: dict) -> None:
     run.tally = tally
     restore(run)
     cfg = run.config
-    if cfg.task == "mlm":  # fresh masks every pass over the training blocks
-        collate = MLMCollate(run.tokenizer, cfg.mask_probability, cfg.whole_word, cfg.seed + 1 + run.rank)
-    else:
-        collate = TensorCollate(run.tokenizer.pad_token_id)
     train_shard, eval_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("eval")
     if run.history["before"] is None:
         run.history["before"] = evaluate(run, eval_shard)
     while run.epoch < cfg.epochs and run.step < cfg.total_steps:
-        train_loss, rate = train_epoch(run, train_shard, collate)
+        train_loss, rate = train_epoch(run, train_shard, seeded(run))
         run.epoch += 1
         metrics = evaluate(run, eval_shard)
         run.history["epochs"].append({"epoch": run.epoch, "step": run.step, "train_loss": train_loss,
