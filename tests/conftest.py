@@ -1,5 +1,6 @@
 """Shared fixtures: a moto S3 server on 127.0.0.1 and one local Ray cluster (2 CPUs)."""
 
+import atexit
 import contextlib
 import http.client
 import io
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -23,6 +25,9 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+if "REVIEWLM_CACHE" not in os.environ:  # one model cache for the run, its Ray's workers and its subprocesses
+    os.environ["REVIEWLM_CACHE"] = tempfile.mkdtemp(prefix="reviewlm-cache-")
+    atexit.register(shutil.rmtree, os.environ["REVIEWLM_CACHE"], True)
 BIN = Path(sys.executable).parent
 
 
@@ -60,11 +65,10 @@ def ray_cluster(s3):
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """The tiny offline masked LM, built once into a cache the jobs' subprocesses share."""
+def tiny():
+    """The tiny offline masked LM, built once into the run's model cache."""
     from reviewlm.models import resolve_model
 
-    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
     return resolve_model("tiny")
 
 

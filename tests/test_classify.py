@@ -1,7 +1,6 @@
 """`--task classify`: any labelled texts or text pairs, stratified, quarantined, named classes."""
 
 import json
-import os
 from collections import Counter
 
 import numpy as np
@@ -14,11 +13,6 @@ from reviewlm.synth import ESCI, KINDS, synth_pairs, write_synth
 from tests.conftest import run_job
 
 PAIR = ["--text-column", "query", "--text-pair-column", "product_title", "--label-column", "esci_label"]
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory):
-    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 def test_classification_metrics_by_hand():

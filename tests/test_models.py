@@ -11,11 +11,6 @@ from reviewlm.errors import UsageError
 from reviewlm.models import _minilm_dir, resolve_model
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cache(tmp_path_factory):
-    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
-
-
 def test_starter_encoder_equals_the_original_minilm():
     from transformers import AutoModel, AutoTokenizer, DistilBertForMaskedLM
 

@@ -22,7 +22,6 @@ from tests.conftest import BIN, Killer, actor_pids, assert_one_line, kill_job_wh
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    os.environ.setdefault("REVIEWLM_CACHE", str(tmp_path_factory.mktemp("cache")))
     path = tmp_path_factory.mktemp("data") / "corpus"
     write_synth(str(path), 1200, seed=3)
     return str(path)
