@@ -18,6 +18,13 @@ over some data), the all-to-all steps among them (shuffles: group-by, join, sort
 aggregate, repartition; whatever their size they cost seconds on Ray 2.60) and the `count()`s.
 
 Goals (issue 36): filter <= 2.0x, score <= 2.5x, train <= 4x, recommend <= 3x the bare start.
+
+Floors, timed in the same run: what Ray and the model cost before any job's own work, as a
+whole process. `floor: model actor` starts Ray, one actor that imports transformers and loads
+a model (`tiny` as score's; `starter` as recommend's encoder) and stops Ray; `floor: Ray
+Train` starts Ray, has `TorchTrainer.fit()` load `tiny` on 2 workers and report once (with
+the controller's poll interval the train job sets), and stops Ray. A job can go below its
+floor only by not starting its processes at all.
 """
 
 from __future__ import annotations
@@ -36,6 +43,44 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 BARE = "import ray; ray.init(num_cpus=2, include_dashboard=False); ray.shutdown()"
 GOALS = {"filter": 2.0, "score": 2.5, "train": 4.0, "recommend": 3.0}
+ACTOR = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False)
+
+@ray.remote(num_cpus=1)
+class Model:
+    def __init__(self, ref, kind):
+        import transformers
+        from reviewlm.models import resolve_model
+        self.model = getattr(transformers, kind).from_pretrained(resolve_model(ref))
+
+    def ready(self):
+        return True
+
+ray.get(Model.remote(*sys.argv[1:]).ready.remote())
+ray.shutdown()
+"""
+TRAIN = """
+import os, tempfile, ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"  # as the train job sets it for 2 workers
+ray.init(num_cpus=2, include_dashboard=False)
+
+def load(config):
+    import ray.train.torch
+    from transformers import AutoModelForMaskedLM
+    from reviewlm.models import resolve_model
+    ray.train.torch.prepare_model(AutoModelForMaskedLM.from_pretrained(resolve_model("tiny")))
+    ray.train.report({"loaded": 1})
+
+TorchTrainer(load, scaling_config=ScalingConfig(num_workers=2),
+             run_config=RunConfig(storage_path=tempfile.mkdtemp())).fit()
+ray.shutdown()
+"""
+FLOORS = {"floor: model actor (tiny)": ["-c", ACTOR, "tiny", "AutoModelForMaskedLM"],
+          "floor: model actor (starter)": ["-c", ACTOR, "starter", "AutoModel"],
+          "floor: Ray Train": ["-c", TRAIN]}
 SHUFFLES = re.compile(r"ShuffleReduceOp\[|AllToAllOperator\[(?!RandomizeBlockOrder)")
 
 
@@ -84,7 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--before", help="a lib/ folder of the code to compare with")
-    ap.add_argument("--jobs", help="only these jobs, comma-separated (names as printed: train,train (stars))")
+    ap.add_argument("--jobs", help="only these jobs, comma-separated (names as printed: train,train (stars); "
+                                   "floor: the floors)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reviewlm-fixed-"))
     prepare(root)
@@ -92,6 +138,9 @@ def main() -> None:
     steps = {}
     for r in range(args.repeat):
         times["bare start"].append(timed([BIN / "python", "-c", BARE]))
+        if not args.jobs or "floor" in args.jobs.split(","):
+            for name, argv in FLOORS.items():
+                times.setdefault(name, []).append(timed([BIN / "python", *argv]))
         for name, argv in jobs(root, root / f"out{r}").items():
             if args.jobs and name not in args.jobs.split(","):
                 continue
@@ -103,12 +152,12 @@ def main() -> None:
             times.setdefault(name, []).append(timed([BIN / "reviewlm", *argv, "--num-cpus", 2]))
             steps[name] = passes()
     bare = statistics.median(times["bare start"])
-    print(f"{'job':<22}{'median s':>9}{'x bare':>8}{'goal':>7}{'passes':>8}{'all-to-all':>12}{'count()':>9}  runs")
+    print(f"{'job':<30}{'median s':>9}{'x bare':>8}{'goal':>7}{'passes':>8}{'all-to-all':>12}{'count()':>9}  runs")
     for name, runs in times.items():
         median = statistics.median(runs)
-        goal = GOALS.get(name.split(" ")[0]) if name != "bare start" else None
+        goal = GOALS.get(name.split(" ")[0])
         s = steps.get(name, {})
-        print(f"{name:<22}{median:>9.1f}{median / bare:>8.2f}{(f'{goal:.1f}' if goal else ''):>7}"
+        print(f"{name:<30}{median:>9.1f}{median / bare:>8.2f}{(f'{goal:.1f}' if goal else ''):>7}"
               f"{s.get('executions', ''):>8}{s.get('all-to-all', ''):>12}{s.get('count()', ''):>9}  "
               + ", ".join(f"{t:.1f}" for t in runs), flush=True)
 
