@@ -407,7 +407,8 @@ def test_a_training_job_killed_as_a_whole_resumes(ray_cluster, mlm_run, corpus, 
     assert res.returncode == 0, res.stderr[-3000:]
     replaced = json.loads((out / "metrics.json").read_text())
     [restart] = replaced["restarts"]
-    assert restart["from_epoch"] >= 1 and epoch_losses(replaced["epochs"]) == epoch_losses(want["epochs"])
+    assert restart["from_epoch"] >= 1 and replaced["epochs"][-1]["step"] == 3 * steps
+    assert epoch_losses(replaced["epochs"]) == epoch_losses(want["epochs"])
     assert json.loads((out / "_SUCCESS").read_text())["run_id"] != json.loads(before[out / "_SUCCESS"])["run_id"]
     assert not (out / "_temporary").exists() and registered(out) >= 1
 
